@@ -1,0 +1,131 @@
+"""Reading lit-nanogpt checkpoints, and bringing nanoGPT's own ``ckpt.pt`` along."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from lit_nanogpt.data import Vocabulary
+from lit_nanogpt.model import GPT, GPTConfig
+from lit_nanogpt.module import LitGPT
+
+# The hyperparameters that build the network; the rest of LitGPT's are for training.
+ARCH_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "bias")
+_ORIG_MOD = "_orig_mod."  # what torch.compile leaves in front of every key
+
+
+def torch_load(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """``torch.load`` a trusted-format file on CPU with a one-line error for missing or damaged files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist: check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise ValueError(
+            f"{what} {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            "it is truncated or not a PyTorch checkpoint: use a complete file"
+        ) from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} {path} holds a {type(obj).__name__}, not a checkpoint dictionary")
+    return obj
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A lit-nanogpt checkpoint, checked to carry weights, hyperparameters and vocabulary."""
+    ckpt = torch_load(path)
+    if "model_args" in ckpt and "model" in ckpt:
+        raise ValueError(
+            f"{path} is a nanoGPT checkpoint: convert it first with "
+            f"lit-nanogpt import-nanogpt --ckpt {path} --meta meta.pkl --out model.ckpt"
+        )
+    missing = [k for k in ("state_dict", "hyper_parameters", "vocab") if k not in ckpt]
+    hparams = ckpt.get("hyper_parameters", {})
+    missing += [f"hyper_parameters.{k}" for k in ARCH_KEYS if k not in hparams]
+    if missing:
+        raise ValueError(
+            f"{path} is not a lit-nanogpt checkpoint (no {', '.join(missing)}): "
+            "use one written by lit-nanogpt fit or import-nanogpt"
+        )
+    return ckpt
+
+
+def load_model(path: str | Path) -> tuple[GPT, Vocabulary]:
+    """The network in eval mode and its vocabulary, from a lit-nanogpt checkpoint alone."""
+    ckpt = read_checkpoint(path)
+    config = GPTConfig(**{k: ckpt["hyper_parameters"][k] for k in ARCH_KEYS})
+    model = GPT(config)
+    prefix = "model."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit its own hyperparameters ({str(e).splitlines()[0]})") from None
+    return model.eval(), Vocabulary(ckpt["vocab"])
+
+
+def import_nanogpt(ckpt_path: str | Path, meta_path: str | Path, out: str | Path) -> Path:
+    """Write a lit-nanogpt checkpoint from nanoGPT's ``ckpt.pt`` and ``meta.pkl``."""
+    src = torch_load(ckpt_path, what="nanoGPT checkpoint")
+    if "model_args" not in src or "model" not in src:
+        raise ValueError(
+            f"{ckpt_path} is not a nanoGPT checkpoint (no 'model_args' and 'model'): "
+            "pass the ckpt.pt that nanoGPT's train.py writes"
+        )
+    meta_path = Path(meta_path)
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"meta file {meta_path} does not exist: pass the meta.pkl beside nanoGPT's data")
+    try:
+        with meta_path.open("rb") as f:
+            meta = pickle.load(f)
+        itos = meta["itos"]
+        chars = "".join(itos[i] for i in range(len(itos)))
+    except Exception as e:
+        raise ValueError(f"{meta_path} is not nanoGPT's meta.pkl ({type(e).__name__}: {e})") from None
+    args = src["model_args"]
+    if args.get("vocab_size") != len(chars):
+        raise ValueError(
+            f"{ckpt_path} has vocab_size={args.get('vocab_size')} but {meta_path} lists {len(chars)} characters: "
+            "pass the meta.pkl of the dataset the model was trained on"
+        )
+    vocab = Vocabulary(chars)
+    if vocab.chars != "".join(sorted(chars)):
+        raise ValueError(f"{meta_path}: its characters are not in sorted order, so it is not a char-level meta.pkl")
+    config = GPTConfig(**{k: args[k] for k in ARCH_KEYS})
+    state = {k.removeprefix(_ORIG_MOD): v for k, v in src["model"].items()}
+    # nanoGPT without flash attention keeps its causal mask as a buffer named attn.bias: not a weight.
+    state = {k: v for k, v in state.items() if not (k.endswith(".attn.bias") and v.dim() == 4)}
+    model = GPT(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{ckpt_path}: weights do not fit its model_args ({str(e).splitlines()[0]})") from None
+
+    # LitGPT's defaults, then the architecture and the optimizer settings nanoGPT trained with.
+    signature = inspect.signature(LitGPT.__init__).parameters.items()
+    hparams = {k: p.default for k, p in signature if p.default is not inspect.Parameter.empty}
+    hparams.update({k: args[k] for k in ARCH_KEYS})
+    cfg = src.get("config", {})
+    for key in ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "beta1", "beta2"):
+        if key in cfg:
+            hparams[key] = cfg[key]
+    out = Path(out)
+    checkpoint = {
+        "epoch": 0,
+        "global_step": int(src.get("iter_num", 0)),
+        "pytorch-lightning_version": L.__version__,
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": hparams,
+        "vocab": vocab.chars,
+        "nanogpt": {"iter_num": int(src.get("iter_num", 0)), "best_val_loss": float(src.get("best_val_loss", "nan"))},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(out)
+    return out

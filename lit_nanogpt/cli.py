@@ -1,0 +1,151 @@
+"""``lit-nanogpt``: Lightning's ``fit``/``validate``/``test``/``predict`` plus ``generate`` and ``import-nanogpt``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+from jsonargparse import auto_cli
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from callbacks.samples import SEPARATOR, SampleWriter
+from lit_nanogpt.checkpoint import import_nanogpt, load_model, read_checkpoint
+from lit_nanogpt.data import CharDataModule
+from lit_nanogpt.module import LitGPT, generate_text, validate_sampling
+
+PROG = "lit-nanogpt"
+EXTRA_COMMANDS = {
+    "generate": "Sample text from a checkpoint (lit-nanogpt generate --help)",
+    "import-nanogpt": "Convert nanoGPT's ckpt.pt and meta.pkl into a lit-nanogpt checkpoint",
+}
+# Lightning's own names for checkpoints it finds by itself, accepted by --ckpt_path.
+_SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
+
+
+class LitNanoGPTCLI(LightningCLI):
+    """LightningCLI for ``LitGPT`` on ``CharDataModule``, with the settings linked and checkpoints self-describing."""
+
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        description = "Train, evaluate and sample nanoGPT with Lightning. Also: " + "; ".join(
+            f"{PROG} {name}: {text}" for name, text in EXTRA_COMMANDS.items()
+        )
+        kwargs.setdefault("parser_kwargs", {"prog": PROG, "description": description})
+        super().__init__(LitGPT, CharDataModule, args=args, run=run, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+        parser.link_arguments("model.block_size", "data.block_size")
+        parser.add_lightning_class_args(SampleWriter, "sample_writer")
+
+    def _parse_ckpt_path(self) -> None:
+        """Take the model from the checkpoint, and the data settings the user left at their defaults.
+
+        Lightning's own version restores only the model's hyperparameters, and raises a traceback on
+        a damaged file; with this one ``validate --ckpt_path X`` needs nothing but ``X``.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or str(ckpt_path) in _SPECIAL_CKPT_PATHS:
+            return
+        ckpt = read_checkpoint(ckpt_path)
+        links = {"vocab_size", "_instantiator", "_class_path"}
+        model = {k: v for k, v in ckpt["hyper_parameters"].items() if k not in links}
+        defaults = self._subcommand_parsers[subcommand].get_defaults()["data"]
+        current = self.config[subcommand]["data"]
+        data = {
+            k: v
+            for k, v in ckpt.get("datamodule_hyper_parameters", {}).items()
+            if k != "block_size" and k in current and current[k] == defaults[k]
+        }
+        self.config = self.parser.parse_object({subcommand: {"model": model, "data": data}}, self.config)
+
+    def after_fit(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        if self.trainer.is_global_zero and callback is not None and getattr(callback, "best_model_path", ""):
+            score = callback.best_model_score
+            shown = f"{callback.monitor}={score:.4f}" if score is not None else "no score"
+            print(f"Best checkpoint: {callback.best_model_path} ({shown})", flush=True)
+
+
+def generate(
+    checkpoint: str,
+    prompt: str = "\n",
+    max_new_tokens: int = 500,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    num_samples: int = 1,
+    seed: int = 1337,
+    device: str = "cpu",
+    use_cache: bool = True,
+) -> None:
+    """Sample from a lit-nanogpt checkpoint and print each sample as nanoGPT's sample.py does.
+
+    Args:
+        checkpoint: A checkpoint written by ``fit`` or ``import-nanogpt``; nothing else is needed.
+        prompt: Text to continue; prefix with ``FILE:`` to read it from a file.
+        max_new_tokens: Characters generated per sample.
+        temperature: Divides the logits; below 1 is more conservative. 0 means greedy (argmax).
+        top_k: Sample among the k most likely characters; 1 is greedy; ``null`` for all.
+        num_samples: Independent samples to draw.
+        seed: Seed of the sampling, as ``torch.manual_seed`` in nanoGPT's sample.py.
+        device: Where to run, e.g. ``cpu`` or ``cuda``.
+        use_cache: Keep keys and values while the text fits in block_size (same tokens, faster).
+    """
+    validate_sampling(max_new_tokens, temperature, top_k)
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} must be at least 1")
+    if prompt.startswith("FILE:"):
+        with open(prompt[5:], encoding="utf-8") as f:
+            prompt = f.read()
+    model, vocab = load_model(checkpoint)
+    if missing := vocab.unknown(prompt):
+        raise ValueError(f"prompt has characters not in the model's vocabulary: {''.join(missing)!r}; remove them")
+    model.to(device)
+    torch.manual_seed(seed)
+    new_tokens, start = 0, time.perf_counter()
+    for _ in range(num_samples):
+        text = generate_text(model, vocab, prompt, max_new_tokens, temperature, top_k, use_cache=use_cache)
+        new_tokens += max_new_tokens
+        print(text)
+        print(SEPARATOR, flush=True)
+    seconds = time.perf_counter() - start
+    print(f"{new_tokens} tokens in {seconds:.2f} s ({new_tokens / seconds:.1f} tokens/s)", file=sys.stderr)
+
+
+def import_nanogpt_command(ckpt: str, meta: str, out: str) -> None:
+    """Convert nanoGPT's checkpoint into a lit-nanogpt one that validate, predict and generate take alone.
+
+    Args:
+        ckpt: nanoGPT's ``ckpt.pt`` (with or without torch.compile's ``_orig_mod.`` prefix).
+        meta: The ``meta.pkl`` of the dataset it was trained on (its ``itos`` is the vocabulary).
+        out: Where to write the lit-nanogpt checkpoint.
+    """
+    path = import_nanogpt(ckpt, meta, out)
+    print(f"Wrote {path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if args[:1] == ["generate"]:
+            auto_cli(generate, args=args[1:], as_positional=False, prog=f"{PROG} generate")
+        elif args[:1] == ["import-nanogpt"]:
+            auto_cli(import_nanogpt_command, args=args[1:], as_positional=False, prog=f"{PROG} import-nanogpt")
+        else:
+            LitNanoGPTCLI(args=argv)
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("LIT_NANOGPT_DEBUG"):
+            raise
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

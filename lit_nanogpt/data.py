@@ -1,0 +1,269 @@
+"""Character-level corpus, vocabulary and the LightningDataModule that serves them.
+
+nanoGPT's ``shakespeare_char`` rules: the vocabulary is the sorted set of characters, the first 90%
+of the text is train and the rest validation. Encoded splits are cached on disk beside the
+vocabulary, in a folder named after the corpus's sha256, so an edited corpus is encoded afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+SHIPPED_CORPUS = Path(__file__).parent / "assets" / "tinyshakespeare.txt"
+SHIPPED_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+def default_cache_dir() -> Path:
+    """``$LIT_NANOGPT_CACHE``, else ``$XDG_CACHE_HOME/lit_nanogpt``, else ``~/.cache/lit_nanogpt``."""
+    if "LIT_NANOGPT_CACHE" in os.environ:
+        return Path(os.environ["LIT_NANOGPT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lit_nanogpt"
+
+
+class Vocabulary:
+    """Maps characters to ids and back; ids are positions in the sorted set of characters."""
+
+    def __init__(self, chars: str) -> None:
+        if not chars:
+            raise ValueError("the vocabulary is empty: build it from a non-empty text")
+        self.chars = chars
+        self.stoi = {c: i for i, c in enumerate(chars)}
+        # Sorted code points let numpy encode a whole corpus with one searchsorted.
+        self._codes = np.array([ord(c) for c in chars], dtype=np.uint32)
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocabulary:
+        return cls("".join(sorted(set(text))))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and other.chars == self.chars
+
+    def unknown(self, text: str) -> list[str]:
+        return sorted(set(text) - self.stoi.keys())
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of ``text``; a ``ValueError`` names every character the vocabulary lacks."""
+        if missing := self.unknown(text):
+            raise ValueError(
+                f"characters not in the model's vocabulary: {''.join(missing)!r}; "
+                "remove them or train on a corpus that has them"
+            )
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        return np.searchsorted(self._codes, codes).astype(np.int64)
+
+    def decode(self, ids: list[int] | np.ndarray | torch.Tensor) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return "".join(self.chars[i] for i in ids)
+
+
+def read_corpus(path: Path) -> tuple[str, str]:
+    """Text and sha256 of a UTF-8 corpus, with one clear error for each way it can be unusable."""
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus {path} does not exist: pass --data.data_path with a UTF-8 text file")
+    raw = path.read_bytes()
+    if not raw:
+        raise ValueError(f"corpus {path} is empty: pass a UTF-8 text file with some text in it")
+    sha = hashlib.sha256(raw).hexdigest()
+    if path.resolve() == SHIPPED_CORPUS.resolve() and sha != SHIPPED_SHA256:
+        raise ValueError(f"shipped corpus {path} has sha256 {sha}, not {SHIPPED_SHA256}: reinstall lit_nanogpt")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"corpus {path} is not UTF-8 (byte {e.start}: {raw[e.start : e.start + 1]!r}): convert it, "
+            f"e.g. iconv -f LATIN1 -t UTF-8"
+        ) from None
+    return text, sha
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class EncodedCorpus:
+    """A corpus's vocabulary and its encoded train and validation splits, cached on disk."""
+
+    def __init__(self, path: Path, cache_dir: Path, val_fraction: float = 0.1) -> None:
+        text, sha = read_corpus(path)
+        self.path = path
+        self.folder = cache_dir / f"{path.stem}-{sha[:16]}-val{val_fraction:g}"
+        meta_file = self.folder / "meta.json"
+        if meta_file.is_file():
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            if meta.get("sha256") == sha and (self.folder / "train.bin").is_file():
+                self.vocab = Vocabulary(meta["vocab"])
+                self.n_train = meta["n_train"]
+                self.n_val = meta["n_val"]
+                return
+        self.vocab = Vocabulary.from_text(text)
+        ids = self.vocab.encode(text).astype(np.uint32)
+        n = int(len(ids) * (1.0 - val_fraction))
+        self.n_train, self.n_val = n, len(ids) - n
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.folder / "train.bin", ids[:n].tobytes())
+        _atomic_write(self.folder / "val.bin", ids[n:].tobytes())
+        meta = {"source": str(path), "sha256": sha, "vocab": self.vocab.chars, "n_train": self.n_train,
+                "n_val": self.n_val}  # fmt: skip
+        _atomic_write(meta_file, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+
+    def split(self, name: str) -> torch.Tensor:
+        """The ``train`` or ``val`` ids as an int64 tensor, ready to index embeddings."""
+        ids = np.fromfile(self.folder / f"{name}.bin", dtype=np.uint32)
+        return torch.from_numpy(ids.astype(np.int64))
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class RandomWindows(IterableDataset):
+    """Endless batches of random windows, as nanoGPT's ``get_batch``, gathered in one indexing op."""
+
+    def __init__(self, data: torch.Tensor, block_size: int, batch_size: int) -> None:
+        self.data, self.block_size, self.batch_size = data, block_size, batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rank, _ = _rank_and_world()
+        # Seeded from the global seed (seed_everything) so runs repeat; each rank draws its own windows.
+        g = torch.Generator().manual_seed(torch.initial_seed() + 1_000_003 * rank)
+        offsets = torch.arange(self.block_size + 1)
+        high = len(self.data) - self.block_size
+        while True:
+            ix = torch.randint(high, (self.batch_size,), generator=g)
+            chunk = self.data[ix[:, None] + offsets]  # (B, T + 1)
+            yield chunk[:, :-1], chunk[:, 1:]
+
+
+class SequentialWindows(IterableDataset):
+    """Every consecutive, non-overlapping ``block_size`` window from 0, split across ranks, no padding."""
+
+    def __init__(self, data: torch.Tensor, block_size: int, batch_size: int) -> None:
+        self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        self.num_windows = (len(data) - 1) // block_size
+
+    def _my_windows(self) -> torch.Tensor:
+        rank, world = _rank_and_world()
+        return torch.arange(rank, self.num_windows, world)
+
+    def __len__(self) -> int:
+        return -(-len(self._my_windows()) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        offsets = torch.arange(self.block_size + 1)
+        for w in self._my_windows().split(self.batch_size):
+            chunk = self.data[w[:, None] * self.block_size + offsets]  # (B, T + 1)
+            yield chunk[:, :-1], chunk[:, 1:]
+
+
+class CharDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        data_path: str | None = None,
+        block_size: int = 256,
+        batch_size: int = 64,
+        val_batch_size: int = 128,
+        val_fraction: float = 0.1,
+        cache_dir: str | None = None,
+        prompts: list[str] | None = None,
+        num_samples: int = 1,
+        max_new_tokens: int = 500,
+        temperature: float = 0.8,
+        top_k: int | None = 200,
+    ) -> None:
+        """Serve a character-level corpus for training, validation and sampling.
+
+        Args:
+            data_path: A UTF-8 text file; ``None`` is the shipped Tiny Shakespeare.
+            block_size: Window length; linked from ``model.block_size`` by the CLI.
+            batch_size: Random training windows per step (per device).
+            val_batch_size: Validation windows per forward pass; changes speed, not the result.
+            val_fraction: Share of the text, taken from its end, held out for validation.
+            cache_dir: Where encoded splits are kept; default ``$LIT_NANOGPT_CACHE`` or ``~/.cache/lit_nanogpt``.
+            prompts: ``predict`` only: the texts to continue; default a single newline.
+            num_samples: ``predict`` only: samples per prompt.
+            max_new_tokens: ``predict`` only: tokens generated per sample.
+            temperature: ``predict`` only: softmax temperature; 0 means greedy.
+            top_k: ``predict`` only: sample among the k most likely tokens; ``None`` for all.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        for name, value in (("block_size", block_size), ("batch_size", batch_size),
+                            ("val_batch_size", val_batch_size)):  # fmt: skip
+            if value < 1:
+                raise ValueError(f"data.{name}={value} must be a positive integer")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={val_fraction} must be between 0 and 1, e.g. 0.1")
+        self.corpus = EncodedCorpus(
+            Path(data_path) if data_path else SHIPPED_CORPUS,
+            Path(cache_dir) if cache_dir else default_cache_dir(),
+            val_fraction,
+        )
+        self.train_data: torch.Tensor | None = None
+        self.val_data: torch.Tensor | None = None
+
+    @property
+    def vocab(self) -> Vocabulary:
+        return self.corpus.vocab
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.corpus.vocab)
+
+    def setup(self, stage: str) -> None:
+        need = self.hparams.block_size + 1
+        for name, n in (("train", self.corpus.n_train), ("val", self.corpus.n_val)):
+            if n < need and stage != "predict":
+                raise ValueError(
+                    f"corpus {self.corpus.path}: its {name} split has {n} characters, fewer than "
+                    f"block_size + 1 = {need}: use a longer text or a smaller --model.block_size"
+                )
+        if stage == "fit" and self.train_data is None:
+            self.train_data = self.corpus.split("train")
+        if stage in ("fit", "validate", "test") and self.val_data is None:
+            self.val_data = self.corpus.split("val")
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_data is not None
+        ds = RandomWindows(self.train_data, self.hparams.block_size, self.hparams.batch_size)
+        return DataLoader(ds, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_data is not None
+        ds = SequentialWindows(self.val_data, self.hparams.block_size, self.hparams.val_batch_size)
+        return DataLoader(ds, batch_size=None)
+
+    # Tiny Shakespeare has no separate test split; `test` reports on the held-out validation text.
+    test_dataloader = val_dataloader
+
+    def predict_dataloader(self) -> DataLoader:
+        prompts = self.hparams.prompts or ["\n"]
+        requests: list[dict[str, Any]] = [
+            {"prompt": p, "sample": i, "max_new_tokens": self.hparams.max_new_tokens,
+             "temperature": self.hparams.temperature, "top_k": self.hparams.top_k}
+            for p in prompts for i in range(self.hparams.num_samples)
+        ]  # fmt: skip
+        return DataLoader(requests, batch_size=None)

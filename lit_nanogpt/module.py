@@ -1,0 +1,192 @@
+"""The LightningModule: nanoGPT's training step, optimizer and schedule around ``GPT``."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+from torchmetrics.text import Perplexity
+
+from lit_nanogpt.data import Vocabulary
+from lit_nanogpt.model import GPT, GPTConfig
+
+
+def nanogpt_lr(step: int, learning_rate: float, min_lr: float, warmup_iters: int, lr_decay_iters: int) -> float:
+    """nanoGPT's schedule: linear warmup, then cosine decay to ``min_lr`` at ``lr_decay_iters``."""
+    if step < warmup_iters:
+        return learning_rate * (step + 1) / (warmup_iters + 1)
+    if step > lr_decay_iters:
+        return min_lr
+    ratio = (step - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+class LitGPT(L.LightningModule):
+    def __init__(
+        self,
+        n_layer: int = 6,
+        n_head: int = 6,
+        n_embd: int = 384,
+        block_size: int = 256,
+        vocab_size: int = 65,
+        dropout: float = 0.2,
+        bias: bool = False,
+        learning_rate: float = 1e-3,
+        min_lr: float = 1e-4,
+        warmup_iters: int = 100,
+        lr_decay_iters: int | None = None,
+        weight_decay: float = 0.1,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+    ) -> None:
+        """nanoGPT trained nanoGPT's way; the architecture arguments are those of ``GPTConfig``.
+
+        Args:
+            n_layer: Transformer blocks.
+            n_head: Attention heads per block.
+            n_embd: Width of the residual stream.
+            block_size: Context length; the CLI links it to ``data.block_size``.
+            vocab_size: Token ids; the CLI links it from ``data.vocab_size``.
+            dropout: Dropout probability while training.
+            bias: Biases in Linear layers and LayerNorms.
+            learning_rate: Peak learning rate, reached after warmup.
+            min_lr: Learning rate at the end of the cosine decay.
+            warmup_iters: Steps of linear warmup.
+            lr_decay_iters: Step at which the decay reaches ``min_lr``; default the Trainer's ``max_steps``.
+            weight_decay: AdamW weight decay on 2-D and larger tensors (matmuls, embeddings) only.
+            beta1: AdamW beta1.
+            beta2: AdamW beta2.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                                n_embd=n_embd, dropout=dropout, bias=bias)  # fmt: skip
+        self.model = GPT(self.config)
+        self.vocab: Vocabulary | None = None
+        self.val_loss = MeanMetric()
+        self.val_ppl = Perplexity()
+        self._step_start = 0.0
+        self._step_lr = 0.0
+
+    # ---- vocabulary: taken from the data while training, carried in every checkpoint ----
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.vocab is None and datamodule is not None and hasattr(datamodule, "vocab"):
+            self.vocab = datamodule.vocab
+        if self.vocab is not None and len(self.vocab) != self.config.vocab_size:
+            raise ValueError(
+                f"the data has {len(self.vocab)} characters but model.vocab_size={self.config.vocab_size}: "
+                "let the CLI link it (do not set --model.vocab_size) or train on the checkpoint's corpus"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        assert self.vocab is not None, "a checkpoint without its vocabulary cannot be sampled"
+        checkpoint["vocab"] = self.vocab.chars
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "vocab" in checkpoint:
+            self.vocab = Vocabulary(checkpoint["vocab"])
+
+    # ---- steps ----
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch  # (B, T), (B, T)
+        _, loss = self.model(x, y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+        self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Only on logging steps: logging every step would itself cost time on small models.
+        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+            tokens = batch[0].numel() * self.trainer.world_size
+            self.log("tokens_per_s", tokens / (time.perf_counter() - self._step_start))
+            self.log("lr", self._step_lr)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits, loss = self.model(x, y)
+        # Weighted by tokens, so the epoch value is the mean over every predicted token, on all ranks.
+        self.val_loss.update(loss, weight=y.numel())
+        self.val_ppl.update(logits, y)
+        self.log("val_loss", self.val_loss, prog_bar=True)
+        self.log("val_ppl", self.val_ppl)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits, loss = self.model(x, y)
+        self.val_loss.update(loss, weight=y.numel())
+        self.val_ppl.update(logits, y)
+        self.log("test_loss", self.val_loss)
+        self.log("test_ppl", self.val_ppl)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Continue ``batch["prompt"]``; returns the request with ``text`` (prompt + continuation)."""
+        if self.vocab is None:
+            raise ValueError("the model has no vocabulary: run predict with --ckpt_path CHECKPOINT")
+        text = generate_text(self.model, self.vocab, batch["prompt"], batch["max_new_tokens"],
+                             batch["temperature"], batch["top_k"])  # fmt: skip
+        return {**batch, "text": text}
+
+    # ---- optimization ----
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.learning_rate,
+            betas=(hp.beta1, hp.beta2),
+        )
+        decay_iters = hp.lr_decay_iters
+        if decay_iters is None:
+            decay_iters = self.trainer.max_steps if self.trainer.max_steps > 0 else 5000
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: nanogpt_lr(step, hp.learning_rate, hp.min_lr, hp.warmup_iters, decay_iters)
+            / hp.learning_rate,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def validate_sampling(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+    """One clear error for each sampling setting a user can get wrong."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} must be at least 1 (1 is greedy), or unset to sample from all tokens")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 is greedy, 1 samples the model as it is)")
+
+
+def generate_text(
+    model: GPT,
+    vocab: Vocabulary,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> str:
+    """The prompt followed by ``max_new_tokens`` generated characters."""
+    validate_sampling(max_new_tokens, temperature, top_k)
+    if not prompt:
+        raise ValueError("the prompt is empty: give at least one character, e.g. a newline")
+    device = next(model.parameters()).device
+    idx = torch.from_numpy(vocab.encode(prompt))[None].to(device)  # (1, T)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(idx, max_new_tokens, temperature, top_k, use_cache=use_cache, generator=generator)
+    finally:
+        model.train(was_training)
+    return vocab.decode(out[0])
