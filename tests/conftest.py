@@ -1,0 +1,63 @@
+"""Shared fixtures and the hardware gate for the test suite (all of it runs on CPU)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+NANOGPT_BABY = FIXTURES / "nanogpt_baby"
+
+# A tiny model for unit tests: fast on 2 CPU cores, big enough to learn a little.
+TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "dropout": 0.0, "bias": False}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test writes outside its temp dirs or reaches W&B's servers."""
+    monkeypatch.setenv("LIT_NANOGPT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("WANDB_MODE", os.environ.get("WANDB_MODE", "offline"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+class RunIf:
+    """``@RunIf(npu=True)`` / ``@RunIf(cuda=True)``: skip with the reason shown when the hardware is absent."""
+
+    def __new__(cls, npu: bool = False, cuda: bool = False) -> pytest.MarkDecorator:  # type: ignore[misc]
+        reasons = []
+        if cuda and not torch.cuda.is_available():
+            reasons.append("needs a CUDA GPU")
+        if npu:
+            from lit_nanogpt.npu import npu_available  # noqa: PLC0415 (only once that subpackage exists)
+
+            if not npu_available():
+                reasons.append("needs an Ascend NPU with torch_npu and CANN")
+        return pytest.mark.skipif(bool(reasons), reason=" and ".join(reasons))
+
+
+def run_cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 300):
+    """Run ``lit-nanogpt ARGS`` in a fresh interpreter, as a user would; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "lit_nanogpt.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def baby_ckpt(tmp_path: Path) -> Path:
+    """nanoGPT's own baby checkpoint, imported into lit-nanogpt's format."""
+    from lit_nanogpt.checkpoint import import_nanogpt
+
+    return import_nanogpt(NANOGPT_BABY / "ckpt.pt", NANOGPT_BABY / "meta.pkl", tmp_path / "baby.ckpt")
