@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -30,6 +32,8 @@ class LitNanoGPTCLI(LightningCLI):
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # validate/predict with only --ckpt_path should not leave a CSV log folder in the current directory.
+        kwargs.setdefault("trainer_defaults", {"logger": False})
         description = "Train, evaluate and sample nanoGPT with Lightning. Also: " + "; ".join(
             f"{PROG} {name}: {text}" for name, text in EXTRA_COMMANDS.items()
         )
@@ -130,8 +134,23 @@ def import_nanogpt_command(ckpt: str, meta: str, out: str) -> None:
     print(f"Wrote {path}", file=sys.stderr)
 
 
+def _quiet_lightning() -> None:
+    """Drop Lightning's advertising tips and warnings that say nothing about this project's runs."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
+    for message in (
+        r".*treespec, LeafSpec.*",  # inside Lightning's own pytree helper
+        r"Your `IterableDataset` has `__len__` defined.*",  # ours shard themselves per rank
+        r"The '\w+_dataloader' does not have many workers.*",  # batches are one indexing op each
+        r"Starting from v1.9.0, `tensorboardX` has been removed.*",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    _quiet_lightning()
     try:
         if args[:1] == ["generate"]:
             auto_cli(generate, args=args[1:], as_positional=False, prog=f"{PROG} generate")

@@ -151,8 +151,7 @@ class LitGPT(L.LightningModule):
             decay_iters = self.trainer.max_steps if self.trainer.max_steps > 0 else 5000
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda step: nanogpt_lr(step, hp.learning_rate, hp.min_lr, hp.warmup_iters, decay_iters)
-            / hp.learning_rate,
+            lambda step: nanogpt_lr(step, hp.learning_rate, hp.min_lr, hp.warmup_iters, decay_iters) / hp.learning_rate,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -1,0 +1,234 @@
+"""The CLI end to end: a real fit, the shipped configs, the nanoGPT fixture and every bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_nanogpt.cli import LitNanoGPTCLI, main
+from tests.conftest import FIXTURES, NANOGPT_BABY, ROOT, TINY, run_cli
+
+REFERENCE_CURVE = FIXTURES / "tiny_loss_curve.json"
+
+
+def tiny_fit_args(root: Path, steps: int = 150) -> list[str]:
+    args = ["fit", "--config", str(ROOT / "configs/shakespeare_char_cpu.yaml")]
+    args += [f"--model.{k}={v}" for k, v in TINY.items()]
+    return args + [
+        f"--trainer.max_steps={steps}",
+        "--trainer.val_check_interval=50",
+        "--trainer.log_every_n_steps=5",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.save_dir={root}",
+        "--model.learning_rate=1e-2",
+        "--model.warmup_iters=10",
+        f"--model.lr_decay_iters={steps}",
+        "--data.val_batch_size=512",
+    ]
+
+
+def read_metrics(root: Path) -> dict[str, list[tuple[int, float]]]:
+    (path,) = root.glob("lightning_logs/version_*/metrics.csv")
+    series: dict[str, list[tuple[int, float]]] = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value:
+                    series.setdefault(key, []).append((int(row["step"]), float(value)))
+    return series
+
+
+def last_ckpt(root: Path) -> Path:
+    (path,) = root.rglob("last.ckpt")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One real 60-step fit of the tiny model through the CLI, shared by the tests below."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("fit")
+    os.environ.setdefault("LIT_NANOGPT_CACHE", str(root / "cache"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(tiny_fit_args(root)) == 0
+    return root, out.getvalue()
+
+
+def test_fit_learns_and_reports_its_best_checkpoint(tiny_run: tuple[Path, str]) -> None:
+    root, stdout = tiny_run
+    metrics = read_metrics(root)
+    train = [v for _, v in metrics["train_loss"]]
+    val = [v for _, v in metrics["val_loss"]]
+    assert train[0] > 3.9 and train[-1] < train[0] - 0.6, train
+    assert len(val) == 3 and val[2] < val[1] < val[0], val
+    assert {"lr", "tokens_per_s", "val_ppl"} <= metrics.keys()
+    assert all(v > 0 for _, v in metrics["tokens_per_s"])
+    (line,) = [ln for ln in stdout.splitlines() if ln.startswith("Best checkpoint: ")]
+    path = line.removeprefix("Best checkpoint: ").rsplit(" (val_loss=", 1)[0]
+    assert Path(path).is_file() and f"(val_loss={min(val):.4f})" in line
+    assert last_ckpt(root).is_file()
+
+
+def test_loss_curve_matches_the_reference(tiny_run: tuple[Path, str]) -> None:
+    """A fixed-seed curve, so a refactor that changes the numbers is seen (UPDATE_REFERENCE=1 rewrites it)."""
+    metrics = read_metrics(tiny_run[0])
+    curve = {k: metrics[k] for k in ("train_loss", "val_loss")}
+    if os.environ.get("UPDATE_REFERENCE"):
+        REFERENCE_CURVE.write_text(json.dumps(curve, indent=1))
+    reference = json.loads(REFERENCE_CURVE.read_text())
+    for key in curve:
+        steps, values = zip(*curve[key], strict=True)
+        ref_steps, ref_values = zip(*reference[key], strict=True)
+        assert steps == ref_steps
+        assert values == pytest.approx(ref_values, rel=2e-3), key
+
+
+def test_checkpoint_alone_is_enough_to_validate_predict_and_generate(tiny_run: tuple[Path, str]) -> None:
+    ckpt = last_ckpt(tiny_run[0])
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert saved["vocab"] == "".join(sorted(set((ROOT / "lit_nanogpt/assets/tinyshakespeare.txt").read_text())))
+    assert saved["hyper_parameters"]["n_embd"] == 32
+    cli = LitNanoGPTCLI(args=["validate", f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false"])
+    assert cli.model.config.n_embd == 32 and cli.datamodule.hparams.block_size == 16
+    assert cli.trainer.callback_metrics["val_loss"] < 3.5
+
+    pred = run_cli("predict", f"--ckpt_path={ckpt}", '--data.prompts=["ROMEO:"]', "--data.max_new_tokens=30",
+                   "--data.num_samples=2", "--trainer.enable_progress_bar=false")  # fmt: skip
+    assert pred.returncode == 0, pred.stderr
+    samples = pred.stdout.split("---------------\n")
+    assert len([s for s in samples if s.startswith("ROMEO:")]) == 2
+    assert all(len(s.rstrip("\n")) == 36 for s in samples if s.startswith("ROMEO:"))
+
+
+def test_nanogpt_checkpoint_validates_to_nanogpts_loss(baby_ckpt: Path) -> None:
+    expected = json.loads((NANOGPT_BABY / "expected.json").read_text())
+    cli = LitNanoGPTCLI(args=["validate", f"--ckpt_path={baby_ckpt}", "--trainer.enable_progress_bar=false"])
+    assert cli.trainer.callback_metrics["val_loss"].item() == pytest.approx(expected["val_loss"], abs=0.002)
+
+
+def test_nanogpt_checkpoint_generates_nanogpts_greedy_text(baby_ckpt: Path) -> None:
+    expected = json.loads((NANOGPT_BABY / "expected.json").read_text())
+    result = run_cli("generate", f"--checkpoint={baby_ckpt}", "--prompt=ROMEO:", "--max_new_tokens=200",
+                     "--top_k=1", "--num_samples=1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected["greedy"] + "\n---------------\n"
+    assert "200 tokens in" in result.stderr
+
+
+def test_import_handles_torch_compile_prefix_and_biases(tmp_path: Path) -> None:
+    from lit_nanogpt.checkpoint import import_nanogpt, load_model
+    from lit_nanogpt.model import GPT, GPTConfig
+
+    args = {**TINY, "vocab_size": 65, "bias": True}
+    src = GPT(GPTConfig(**args))
+    state = {f"_orig_mod.{k}": v for k, v in src.state_dict().items()}
+    torch.save({"model": state, "model_args": args, "iter_num": 5, "config": {}}, tmp_path / "ckpt.pt")
+    out = import_nanogpt(tmp_path / "ckpt.pt", NANOGPT_BABY / "meta.pkl", tmp_path / "out.ckpt")
+    model, vocab = load_model(out)
+    assert len(vocab) == 65
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_every_shipped_config_parses() -> None:
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    assert len(configs) >= 2
+    for config in configs:
+        assert config.read_text().startswith("# "), f"{config.name} has no header comment"
+        cli = LitNanoGPTCLI(args=["--config", str(config), "--trainer.accelerator=cpu", "--trainer.devices=1"],
+                            run=False)  # fmt: skip
+        assert cli.model.config.vocab_size == 65  # linked from the data
+        assert cli.datamodule.hparams.block_size == cli.model.config.block_size  # linked to the data
+        assert cli.trainer.max_steps > 0
+
+
+def error_of(capsys: pytest.CaptureFixture, *args: str) -> str:
+    """Run the CLI in-process; assert it failed with exactly one line, and return that line."""
+    assert main(list(args)) == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("lit-nanogpt: error:")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "option,match",
+    [
+        ("--max_new_tokens=0", "max_new_tokens=0 must be at least 1"),
+        ("--top_k=0", "top_k=0 must be at least 1"),
+        ("--temperature=-0.5", "temperature=-0.5 must be >= 0"),
+        ("--prompt=ROMEO@#", "'#@'"),
+    ],
+)
+def test_bad_sampling_options(capsys: pytest.CaptureFixture, baby_ckpt: Path, option: str, match: str) -> None:
+    assert match in error_of(capsys, "generate", f"--checkpoint={baby_ckpt}", option)
+
+
+def test_bad_checkpoints(capsys: pytest.CaptureFixture, tmp_path: Path, baby_ckpt: Path) -> None:
+    assert "does not exist" in error_of(capsys, "generate", f"--checkpoint={tmp_path / 'nope.ckpt'}")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(baby_ckpt.read_bytes()[:5000])
+    assert "truncated" in error_of(capsys, "generate", f"--checkpoint={truncated}")
+    assert "truncated" in error_of(capsys, "validate", f"--ckpt_path={truncated}")
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    assert "not a lit-nanogpt checkpoint" in error_of(capsys, "validate", f"--ckpt_path={foreign}")
+    nanogpt = str(NANOGPT_BABY / "ckpt.pt")
+    assert "import-nanogpt" in error_of(capsys, "generate", f"--checkpoint={nanogpt}")
+
+
+def test_nanogpt_vocab_disagreeing_with_meta_is_refused(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    meta = pickle.loads((NANOGPT_BABY / "meta.pkl").read_bytes())
+    meta["itos"] = {i: c for i, c in list(meta["itos"].items())[:60]}
+    (tmp_path / "meta.pkl").write_bytes(pickle.dumps(meta))
+    line = error_of(capsys, "import-nanogpt", f"--ckpt={NANOGPT_BABY / 'ckpt.pt'}",
+                    f"--meta={tmp_path / 'meta.pkl'}", f"--out={tmp_path / 'x.ckpt'}")  # fmt: skip
+    assert "vocab_size=65" in line and "60 characters" in line
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_bad_corpus_through_the_cli(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9" * 100)
+    assert "not UTF-8" in error_of(capsys, "fit", f"--data.data_path={tmp_path / 'latin1.txt'}")
+    assert "does not exist" in error_of(capsys, "fit", f"--data.data_path={tmp_path / 'none.txt'}")
+
+
+def test_cli_failure_is_one_line_and_nonzero_in_a_real_process(tmp_path: Path) -> None:
+    result = run_cli("generate", f"--checkpoint={tmp_path / 'missing.ckpt'}")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("lit-nanogpt: error: checkpoint")
+
+
+def test_a_crash_while_saving_never_replaces_a_good_checkpoint(
+    tiny_run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning writes checkpoints through an fsspec transaction: a failed write leaves the old file whole."""
+    import fsspec.implementations.local as local
+    from lightning.pytorch import Trainer
+
+    good = tmp_path / "last.ckpt"
+    good.write_bytes((last_ckpt(tiny_run[0])).read_bytes())
+    before = good.read_bytes()
+    cli = LitNanoGPTCLI(args=["validate", f"--ckpt_path={good}", "--trainer.enable_progress_bar=false"])
+
+    def write_half_then_die(self, data):  # noqa: ANN001
+        self.f.write(data[: len(data) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(local.LocalFileOpener, "write", write_half_then_die)
+    trainer: Trainer = cli.trainer
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint(good)
+    assert good.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no stray partial file either

@@ -1,0 +1,91 @@
+"""The transformer: shapes, nanoGPT's parameter count and names, and the KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_nanogpt.model import GPT, GPTConfig, sample_next
+from tests.conftest import NANOGPT_BABY, TINY
+
+
+def tiny(**overrides) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{**TINY, "vocab_size": 65, **overrides})).eval()
+
+
+def test_shapes_and_loss() -> None:
+    model = tiny()
+    x, y = torch.randint(0, 65, (2, 3, 16))
+    logits, loss = model(x, y)
+    assert logits.shape == (3, 16, 65)
+    # Untrained with small init: close to the uniform cross-entropy ln(65) = 4.17.
+    assert loss is not None and abs(loss.item() - 4.174) < 0.1
+    last, no_loss = model(x)
+    assert last.shape == (3, 1, 65) and no_loss is None
+    torch.testing.assert_close(last[:, 0], logits[:, -1])
+
+
+def test_full_recipe_has_nanogpts_10_65m_parameters() -> None:
+    model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, bias=False))
+    assert round(model.get_num_params() / 1e6, 2) == 10.65  # nanoGPT prints "number of parameters: 10.65M"
+    assert model.get_num_params() == 10_745_088 - 256 * 384
+
+
+def test_state_dict_names_match_nanogpt() -> None:
+    nanogpt = torch.load(NANOGPT_BABY / "ckpt.pt", map_location="cpu", weights_only=True)
+    model = GPT(GPTConfig(**nanogpt["model_args"]))
+    assert set(model.state_dict()) == set(nanogpt["model"])
+    model.load_state_dict(nanogpt["model"])  # a plain copy, no renaming
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # tied
+
+
+def test_bias_option_adds_biases() -> None:
+    names = set(tiny(bias=True).state_dict())
+    assert "transformer.h.0.attn.c_attn.bias" in names and "transformer.ln_f.bias" in names
+    assert "transformer.h.0.attn.c_attn.bias" not in set(tiny(bias=False).state_dict())
+
+
+def test_sequence_longer_than_block_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="block_size=16"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad", [{"n_embd": 30, "n_head": 4}, {"n_layer": 0}, {"dropout": 1.0}])
+def test_bad_config_is_refused(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        GPTConfig(**{**TINY, "vocab_size": 65, **bad})
+
+
+def test_cached_forward_equals_full_forward() -> None:
+    model = tiny()
+    x = torch.randint(0, 65, (2, 16))
+    full, _ = model(x, x)
+    prefill, past = model.forward_cached(x[:, :10])
+    torch.testing.assert_close(prefill, full[:, :10], atol=1e-5, rtol=1e-5)
+    for t in range(10, 16):  # one token at a time on top of the cache
+        step, past = model.forward_cached(x[:, t : t + 1], past)
+        torch.testing.assert_close(step[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
+    assert past[0][0].shape == (2, 2, 16, 16)  # (B, nh, T, hs)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(0.0, None), (1.0, 1), (0.8, 5), (1.0, None)])
+def test_cached_and_uncached_generation_give_the_same_tokens(temperature: float, top_k: int | None) -> None:
+    model = tiny()
+    prompt = torch.randint(0, 65, (1, 5))
+    outs = []
+    for use_cache in (True, False):
+        g = torch.Generator().manual_seed(7)
+        # 40 new tokens run well past block_size=16, through the sliding window.
+        outs.append(model.generate(prompt, 40, temperature, top_k, use_cache=use_cache, generator=g))
+    assert outs[0].shape == (1, 45)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_sampling_rules() -> None:
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
+    assert sample_next(logits, 0.0, None).item() == 1  # temperature 0 is greedy
+    assert sample_next(logits, 5.0, 1).item() == 1  # top_k 1 is greedy
+    g = torch.Generator().manual_seed(0)
+    draws = {sample_next(logits, 1.0, 2, g).item() for _ in range(200)}
+    assert draws == {1, 3}  # only the two largest survive top_k=2
