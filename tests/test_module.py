@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from lit_nanogpt.module import LitGPT, nanogpt_lr
 from tests.conftest import TINY
 
