@@ -7,10 +7,12 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse import auto_cli
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.samples import SEPARATOR, SampleWriter
@@ -68,6 +70,13 @@ class LitNanoGPTCLI(LightningCLI):
             if k != "block_size" and k in current and current[k] == defaults[k]
         }
         self.config = self.parser.parse_object({subcommand: {"model": model, "data": data}}, self.config)
+
+    def before_fit(self) -> None:
+        # Lightning would put checkpoints inside the logger's folder (a W&B run id, say); keep them
+        # where the config's default_root_dir says, so the README's paths hold whatever the logger.
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(Path(self.trainer.default_root_dir) / "checkpoints")
 
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback

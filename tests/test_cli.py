@@ -47,8 +47,7 @@ def read_metrics(root: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def last_ckpt(root: Path) -> Path:
-    (path,) = root.rglob("last.ckpt")
-    return path
+    return root / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +75,7 @@ def test_fit_learns_and_reports_its_best_checkpoint(tiny_run: tuple[Path, str]) 
     assert all(v > 0 for _, v in metrics["tokens_per_s"])
     (line,) = [ln for ln in stdout.splitlines() if ln.startswith("Best checkpoint: ")]
     path = line.removeprefix("Best checkpoint: ").rsplit(" (val_loss=", 1)[0]
+    assert path == str(root / "checkpoints" / "best.ckpt")
     assert Path(path).is_file() and f"(val_loss={min(val):.4f})" in line
     assert last_ckpt(root).is_file()
 
