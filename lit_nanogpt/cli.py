@@ -34,6 +34,7 @@ class LitNanoGPTCLI(LightningCLI):
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("seed_everything_default", 1337)  # nanoGPT's seed
         # validate/predict with only --ckpt_path should not leave a CSV log folder in the current directory.
         kwargs.setdefault("trainer_defaults", {"logger": False})
         description = "Train, evaluate and sample nanoGPT with Lightning. Also: " + "; ".join(
