@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from conftest import ROOT, run_cli
 
 import lit_nanogpt
 from lit_nanogpt.cli import LitNanoGPTCLI
-from lit_nanogpt.npu import NPUAccelerator, npu_available
+from lit_nanogpt.npu import NPUAccelerator, NPUPrecision, SingleNPUStrategy, npu_available
 
 NPU_CONFIG = ROOT / "configs" / "shakespeare_char_npu.yaml"
 
@@ -129,6 +130,18 @@ def test_registered_on_import() -> None:
 def test_asking_for_an_npu_without_one_names_what_is_missing() -> None:
     with pytest.raises(ValueError, match=r"torch_npu package is not installed.*lit-nanogpt\[npu\].*set_env\.sh"):
         LitNanoGPTCLI(args=["--config", str(NPU_CONFIG)], run=False)
+
+
+@pytest.mark.parametrize(
+    ("build", "named"),
+    [
+        (lambda: SingleNPUStrategy("npu:1"), "SingleNPUStrategy(device='npu:1')"),
+        (lambda: NPUPrecision("16-mixed"), "NPUPrecision(device='npu')"),
+    ],  # fmt: skip
+)
+def test_python_form_without_npu_names_what_is_missing(build, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named) + ".*torch_npu package is not installed"):
+        build()
 
 
 def test_auto_never_picks_a_missing_npu() -> None:

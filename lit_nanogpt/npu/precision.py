@@ -14,7 +14,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from typing_extensions import override
 
-from lit_nanogpt.npu.runtime import torch_npu_module
+from lit_nanogpt.npu.runtime import npu_module, torch_npu_module
 
 SUPPORTED = ("16-mixed", "bf16-mixed", "32-true")
 
@@ -22,6 +22,7 @@ SUPPORTED = ("16-mixed", "bf16-mixed", "32-true")
 def make_grad_scaler(device: str, init_scale: float, growth_interval: int) -> torch.amp.GradScaler:
     """torch_npu's ``GradScaler`` on ``"npu"`` where torch_npu has one, else ``torch.amp.GradScaler(device)``."""
     if device == "npu":
+        npu_module("NPUPrecision(device='npu')")  # imports torch_npu: "npu" becomes a device type
         vendor_amp = getattr(getattr(torch_npu_module(), "npu", None), "amp", None)
         if (scaler_cls := getattr(vendor_amp, "GradScaler", None)) is not None:
             return scaler_cls(init_scale=init_scale, growth_interval=growth_interval)

@@ -54,10 +54,10 @@ def missing_npu_message(what: str = "accelerator='npu'") -> str:
     return f"{what} needs an Ascend NPU, but {_missing_reason() or 'none is usable'}: {INSTALL_HINT}"
 
 
-def npu_module() -> ModuleType:
-    """``torch.npu``, importing torch_npu first; a ``ValueError`` naming what is missing otherwise."""
+def npu_module(what: str = "accelerator='npu'") -> ModuleType:
+    """``torch.npu``, importing torch_npu first; a ``ValueError`` naming ``what`` and what is missing otherwise."""
     if not npu_available():
-        raise ValueError(missing_npu_message())
+        raise ValueError(missing_npu_message(what))
     return torch.npu
 
 

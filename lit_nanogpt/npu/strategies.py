@@ -11,6 +11,8 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from typing_extensions import override
 
+from lit_nanogpt.npu.runtime import npu_module
+
 
 class _SavesOnCPU:
     """Moves every tensor of a checkpoint to the CPU before writing it.
@@ -38,8 +40,10 @@ class SingleNPUStrategy(_SavesOnCPU, SingleDeviceStrategy):
             device: The NPU, e.g. ``"npu:1"``; an int is taken as the index.
             kwargs: ``accelerator``, ``checkpoint_io``, ``precision_plugin`` as for ``SingleDeviceStrategy``.
         """
-        device = torch.device("npu", device) if isinstance(device, int) else torch.device(device)
-        super().__init__(device=device, **kwargs)
+        device = f"npu:{device}" if isinstance(device, int) else device
+        if str(device).startswith("npu"):
+            npu_module(f"SingleNPUStrategy(device={str(device)!r})")  # imports torch_npu: "npu" becomes a device type
+        super().__init__(device=torch.device(device), **kwargs)
 
     @classmethod
     @override
