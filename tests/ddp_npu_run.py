@@ -1,4 +1,6 @@
-"""Two CPU processes through ``DDPNPUStrategy`` (gloo instead of hccl): ``python tests/ddp_npu_run.py OUT``.
+"""Two processes through ``DDPNPUStrategy``: ``python tests/ddp_npu_run.py OUT [cpu|npu]``.
+
+``cpu`` (the default): two CPU processes over gloo; ``npu``: two NPUs over hccl, in fp16 AMP on them.
 
 Lightning relaunches this script for rank 1. Rank 0 writes ``OUT/params.pt``: the flat parameters of
 both ranks after training and the initial ones, and ``OUT/model.ckpt`` through the strategy.
@@ -16,23 +18,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import TINY  # noqa: E402
 
 from lit_nanogpt import CharDataModule, LitGPT  # noqa: E402
-from lit_nanogpt.npu import DDPNPUStrategy, NPUPrecision  # noqa: E402
+from lit_nanogpt.npu import DDPNPUStrategy, NPUAccelerator, NPUPrecision  # noqa: E402
 
 
 def flat(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten().float() for p in module.parameters()])
 
 
-def main(out: Path) -> None:
+def main(out: Path, device: str = "cpu") -> None:
     L.seed_everything(1337)
     model = LitGPT(**TINY, vocab_size=65, learning_rate=1e-2, warmup_iters=0, lr_decay_iters=4)
     initial = flat(model)
     data = CharDataModule(block_size=TINY["block_size"], batch_size=8, cache_dir=str(out / "cache"))
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=NPUAccelerator() if device == "npu" else "cpu",
         devices=2,
-        strategy=DDPNPUStrategy(process_group_backend="gloo"),
-        plugins=[NPUPrecision("16-mixed", device="cpu", init_scale=1024.0)],
+        strategy=DDPNPUStrategy(process_group_backend="hccl" if device == "npu" else "gloo"),
+        plugins=[NPUPrecision("16-mixed", device=device, init_scale=1024.0)],
         max_steps=4,
         limit_val_batches=0,
         logger=False,
@@ -42,7 +44,7 @@ def main(out: Path) -> None:
         default_root_dir=out,
     )
     trainer.fit(model, data)
-    gathered = trainer.strategy.all_gather(flat(model))  # (world_size, n_params)
+    gathered = trainer.strategy.all_gather(flat(model).to(trainer.strategy.root_device)).cpu()  # (world_size, n_params)
     trainer.save_checkpoint(out / "model.ckpt")
     if trainer.is_global_zero:
         torch.save({"ranks": gathered, "initial": initial, "world_size": trainer.world_size,
@@ -50,4 +52,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:3])

@@ -94,6 +94,18 @@ def probe(config: str) -> dict:
     for precision in ("bf16-mixed", "32-true", "16-true"):
         report[precision] = _cli(config, "--trainer.precision", precision)
     report["auto"] = _cli(config, "--trainer.accelerator", "auto", "--trainer.precision", "32-true")
+    import lightning as L
+
+    from lit_nanogpt.npu import SingleNPUStrategy
+
+    explicit = L.Trainer(
+        accelerator=NPUAccelerator(),
+        strategy=SingleNPUStrategy("npu:1"),
+        plugins=[NPUPrecision("16-mixed")],
+        logger=False,
+        enable_progress_bar=False,
+    )
+    report["python_form"] = _describe(explicit)
     report["too_many"] = _cli(config, "--trainer.devices", "3")
     report["parse"] = {repr(d): _parse(d) for d in (1, 2, -1, "auto", "0,1", "1", [1], [0, 1], 3, [2], "0,5", "x", 0)}
     os.environ["ASCEND_RT_VISIBLE_DEVICES"] = "6"

@@ -79,6 +79,13 @@ def test_every_precision_gets_the_npu_plugin(fake: dict, precision: str, autocas
         assert run["autocast_dtype"] == dtype
 
 
+def test_documented_python_form(fake: dict) -> None:
+    explicit = fake["python_form"]
+    assert explicit["strategy"] == "SingleNPUStrategy" and explicit["root_device"] == "npu:1"
+    assert explicit["plugin_device"] == "npu" and explicit["scaler"] == "GradScaler"
+    assert explicit["trainer_precision"] == "16-mixed"
+
+
 def test_unsupported_precision_is_named(fake: dict) -> None:
     assert "precision='16-true' is not supported on NPUs" in fake["16-true"]["error"]
 
