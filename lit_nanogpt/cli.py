@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from jsonargparse import auto_cli
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -19,6 +20,7 @@ from callbacks.samples import SEPARATOR, SampleWriter
 from lit_nanogpt.checkpoint import import_nanogpt, load_model, read_checkpoint
 from lit_nanogpt.data import CharDataModule
 from lit_nanogpt.module import LitGPT, generate_text, validate_sampling
+from lit_nanogpt.npu import npu_trainer_flags
 
 PROG = "lit-nanogpt"
 EXTRA_COMMANDS = {
@@ -47,6 +49,11 @@ class LitNanoGPTCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.link_arguments("model.block_size", "data.block_size")
         parser.add_lightning_class_args(SampleWriter, "sample_writer")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """Lightning's, plus the NPU strategy and precision plugin that Lightning 2.6 cannot pick itself."""
+        configured = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        return super().instantiate_trainer(**{**kwargs, **npu_trainer_flags(configured)})
 
     def _parse_ckpt_path(self) -> None:
         """Take the model from the checkpoint, and the data settings the user left at their defaults.

@@ -1,0 +1,84 @@
+"""The one place that imports ``torch_npu``: lazily, and never letting an error escape ``npu_available``."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import torch
+
+VISIBLE_DEVICES_ENV = "ASCEND_RT_VISIBLE_DEVICES"
+INSTALL_HINT = (
+    "install torch_npu with `pip install 'lit-nanogpt[npu]'` and run CANN's set_env.sh "
+    "(`source /usr/local/Ascend/ascend-toolkit/set_env.sh`) in the same shell"
+)
+
+
+def _missing_reason() -> str | None:
+    """Why no NPU can be used, or ``None`` when one can.
+
+    Importing ``torch_npu`` registers ``torch.npu``; after that only ``torch.npu.is_available()``
+    and ``torch.npu.device_count()`` decide. A failed import is retried on the next call (it is
+    cheap when the package is absent), so a ``torch_npu`` that appears later is still found.
+    """
+    try:
+        importlib.import_module("torch_npu")
+    except ModuleNotFoundError:
+        return "the torch_npu package is not installed"
+    except Exception as e:  # a torch_npu without CANN's libraries fails with OSError, RuntimeError, ...
+        return f"torch_npu fails to import ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+    try:
+        npu = getattr(torch, "npu", None)
+        if npu is None:
+            return "torch_npu did not register torch.npu"
+        if not npu.is_available():
+            return "torch.npu.is_available() is False (no NPU, or CANN's set_env.sh was not sourced)"
+        if npu.device_count() < 1:
+            return "torch.npu.device_count() is 0"
+    except Exception as e:
+        return f"torch.npu cannot be queried ({type(e).__name__}: {e})"
+    return None
+
+
+def npu_available() -> bool:
+    """Whether ``torch_npu`` imports and ``torch.npu`` sees at least one device; never raises."""
+    try:
+        return _missing_reason() is None
+    except Exception:
+        return False
+
+
+def missing_npu_message(what: str = "accelerator='npu'") -> str:
+    """One line naming what is missing and how to get it."""
+    return f"{what} needs an Ascend NPU, but {_missing_reason() or 'none is usable'}: {INSTALL_HINT}"
+
+
+def npu_module(what: str = "accelerator='npu'") -> ModuleType:
+    """``torch.npu``, importing torch_npu first; a ``ValueError`` naming ``what`` and what is missing otherwise."""
+    if not npu_available():
+        raise ValueError(missing_npu_message(what))
+    return torch.npu
+
+
+def torch_npu_module() -> ModuleType | None:
+    """The imported ``torch_npu`` package, or ``None``."""
+    try:
+        return importlib.import_module("torch_npu")
+    except Exception:
+        return None
+
+
+def visible_device_count() -> int:
+    """NPUs this process may use: ``torch.npu.device_count()``, within ``ASCEND_RT_VISIBLE_DEVICES``.
+
+    CANN's runtime already hides the devices that variable leaves out; the cap keeps the count right
+    where a runtime (or a test's stand-in) does not.
+    """
+    if not npu_available():
+        return 0
+    count = torch.npu.device_count()
+    visible = os.environ.get(VISIBLE_DEVICES_ENV)
+    if visible is not None:
+        count = min(count, len([d for d in visible.split(",") if d.strip()]))
+    return count

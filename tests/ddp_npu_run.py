@@ -1,0 +1,55 @@
+"""Two processes through ``DDPNPUStrategy``: ``python tests/ddp_npu_run.py OUT [cpu|npu]``.
+
+``cpu`` (the default): two CPU processes over gloo; ``npu``: two NPUs over hccl, in fp16 AMP on them.
+
+Lightning relaunches this script for rank 1. Rank 0 writes ``OUT/params.pt``: the flat parameters of
+both ranks after training and the initial ones, and ``OUT/model.ckpt`` through the strategy.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import TINY  # noqa: E402
+
+from lit_nanogpt import CharDataModule, LitGPT  # noqa: E402
+from lit_nanogpt.npu import DDPNPUStrategy, NPUAccelerator, NPUPrecision  # noqa: E402
+
+
+def flat(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().float() for p in module.parameters()])
+
+
+def main(out: Path, device: str = "cpu") -> None:
+    L.seed_everything(1337)
+    model = LitGPT(**TINY, vocab_size=65, learning_rate=1e-2, warmup_iters=0, lr_decay_iters=4)
+    initial = flat(model)
+    data = CharDataModule(block_size=TINY["block_size"], batch_size=8, cache_dir=str(out / "cache"))
+    trainer = L.Trainer(
+        accelerator=NPUAccelerator() if device == "npu" else "cpu",
+        devices=2,
+        strategy=DDPNPUStrategy(process_group_backend="hccl" if device == "npu" else "gloo"),
+        plugins=[NPUPrecision("16-mixed", device=device, init_scale=1024.0)],
+        max_steps=4,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out,
+    )
+    trainer.fit(model, data)
+    gathered = trainer.strategy.all_gather(flat(model).to(trainer.strategy.root_device)).cpu()  # (world_size, n_params)
+    trainer.save_checkpoint(out / "model.ckpt")
+    if trainer.is_global_zero:
+        torch.save({"ranks": gathered, "initial": initial, "world_size": trainer.world_size,
+                    "backend": trainer.strategy.process_group_backend}, out / "params.pt")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), *sys.argv[2:3])

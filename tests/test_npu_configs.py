@@ -1,0 +1,35 @@
+"""Every shipped config parses through the CLI, and states its command and expected result up front."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from lit_nanogpt.cli import LitNanoGPTCLI
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_config_parses_through_the_cli(config: Path) -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        LitNanoGPTCLI(args=["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    parsed, written = yaml.safe_load(out.getvalue()), yaml.safe_load(config.read_text())
+    for section in ("trainer", "model", "data"):
+        for key, value in written.get(section, {}).items():
+            if key != "callbacks":
+                assert parsed[section][key] == value, f"{config.name}: {section}.{key}"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_config_header_gives_command_and_result(config: Path) -> None:
+    header = [line for line in config.read_text().splitlines() if line.startswith("#")]
+    assert f"lit-nanogpt fit --config configs/{config.name}" in "\n".join(header)
+    assert "loss" in "\n".join(header).lower()

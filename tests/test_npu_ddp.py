@@ -1,0 +1,75 @@
+"""The NPU's DDP strategy for real: two CPU processes over gloo, through the same class and code paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+from lightning.fabric.plugins import TorchCheckpointIO
+
+from lit_nanogpt.checkpoint import load_model
+from lit_nanogpt.npu import DDPNPUStrategy, SingleNPUStrategy
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ddp_npu")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "ddp_npu_run.py"), str(out)],
+        cwd=out,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+def test_two_ranks_agree_on_the_parameters(ddp_run: Path) -> None:
+    result = torch.load(ddp_run / "params.pt")
+    assert result["world_size"] == 2 and result["backend"] == "gloo"
+    ranks, initial = result["ranks"], result["initial"]
+    assert ranks.shape == (2, initial.numel())
+    assert not torch.equal(ranks[0], initial)  # it trained
+    torch.testing.assert_close(ranks[0], ranks[1], rtol=0, atol=0)
+
+
+def test_checkpoint_is_on_cpu_and_loads_without_torch_npu(ddp_run: Path) -> None:
+    assert "torch_npu" not in sys.modules
+    ckpt = torch.load(ddp_run / "model.ckpt", weights_only=True)  # no map_location needed
+    assert all(t.device.type == "cpu" for t in ckpt["state_dict"].values())
+    assert ckpt["NPUPrecision"]["scale"] <= 1024.0 and "skipped_steps" in ckpt["NPUPrecision"]
+    model, vocab = load_model(ddp_run / "model.ckpt")
+    trained = torch.load(ddp_run / "params.pt")["ranks"][0]
+    torch.testing.assert_close(torch.cat([p.flatten() for p in model.parameters()]), trained)
+    assert len(vocab) == 65
+
+
+class _OnDevice:
+    """Stands for a tensor on an NPU: Lightning moves anything with ``.to``."""
+
+    def __init__(self, device: str = "npu:0") -> None:
+        self.device = device
+
+    def to(self, device: torch.device, **kwargs: object) -> _OnDevice:
+        return _OnDevice(str(device))
+
+
+@pytest.mark.parametrize("strategy_cls", [SingleNPUStrategy, DDPNPUStrategy])
+def test_strategies_move_checkpoint_tensors_to_cpu(strategy_cls: type) -> None:
+    saved = {}
+
+    class Capture(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint: dict, path: object, storage_options: object = None) -> None:
+            saved.update(checkpoint)
+
+    extra = {"device": "cpu"} if strategy_cls is SingleNPUStrategy else {}  # the save path is the same on an NPU
+    strategy = strategy_cls(checkpoint_io=Capture(), **extra)
+    strategy.save_checkpoint({"state_dict": {"w": _OnDevice()}, "optimizer_states": [{"m": _OnDevice()}]}, "x.ckpt")
+    assert saved["state_dict"]["w"].device == "cpu" and saved["optimizer_states"][0]["m"].device == "cpu"
