@@ -40,6 +40,18 @@ def test_two_ranks_agree_on_the_parameters(ddp_run: Path) -> None:
     torch.testing.assert_close(ranks[0], ranks[1], rtol=0, atol=0)
 
 
+def test_validation_over_two_ranks_equals_one_process(ddp_run: Path) -> None:
+    """Each rank validates its own windows; torchmetrics' token-weighted mean equals the one-process value."""
+    from lit_nanogpt.cli import LitNanoGPTCLI
+
+    two_ranks = torch.load(ddp_run / "params.pt")["val_loss"]
+    ckpt = ddp_run / "model.ckpt"
+    cli = LitNanoGPTCLI(args=["validate", f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false"])
+    one = cli.trainer.callback_metrics["val_loss"].item()
+    assert 2.0 < one < 4.5
+    assert two_ranks == pytest.approx(one, abs=1e-5)
+
+
 def test_checkpoint_is_on_cpu_and_loads_without_torch_npu(ddp_run: Path) -> None:
     assert "torch_npu" not in sys.modules
     ckpt = torch.load(ddp_run / "model.ckpt", weights_only=True)  # no map_location needed
