@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from callbacks.samples import SEPARATOR, SampleWriter
 from lit_nanogpt.checkpoint import import_nanogpt, load_model, read_checkpoint
 from lit_nanogpt.data import CharDataModule
+from lit_nanogpt.loggers import LoggedConfig
 from lit_nanogpt.module import LitGPT, generate_text, validate_sampling
 
 PROG = "lit-nanogpt"
@@ -30,6 +31,7 @@ class LitNanoGPTCLI(LightningCLI):
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", LoggedConfig)  # config.yaml, and the same config in the loggers
         description = "Train, evaluate and sample nanoGPT with Lightning. Also: " + "; ".join(
             f"{PROG} {name}: {text}" for name, text in EXTRA_COMMANDS.items()
         )
