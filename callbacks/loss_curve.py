@@ -23,16 +23,16 @@ def plot_loss_curve(train: Curve, val: Curve, lr: Curve, path: str | Path, title
     FigureCanvasAgg(fig)
     loss_ax, lr_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     if train:
-        loss_ax.plot(*zip(*train), label="train_loss", linewidth=1)
+        loss_ax.plot(*zip(*train, strict=True), label="train_loss", linewidth=1)
     if val:
-        loss_ax.plot(*zip(*val), "o-", label="val_loss", linewidth=1.5, markersize=4)
+        loss_ax.plot(*zip(*val, strict=True), "o-", label="val_loss", linewidth=1.5, markersize=4)
     loss_ax.set_ylabel("loss")
     loss_ax.grid(alpha=0.3)
     loss_ax.legend()
     if title:
         loss_ax.set_title(title)
     if lr:
-        lr_ax.plot(*zip(*lr), color="tab:green", linewidth=1)
+        lr_ax.plot(*zip(*lr, strict=True), color="tab:green", linewidth=1)
     lr_ax.set_ylabel("lr")
     lr_ax.set_xlabel("step")
     lr_ax.grid(alpha=0.3)
@@ -66,7 +66,9 @@ class LossCurve(Callback):
         # trainer.log_dir is collective (it broadcasts), so every rank asks, here, before teardown.
         self.path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if trainer._logger_connector.should_update_logs:
             self._lr_now = trainer.optimizers[0].param_groups[0]["lr"]  # before the scheduler steps
 

@@ -51,9 +51,18 @@ def flops_per_token(model: GPT, seq_len: int) -> float:
     return 6 * n_params + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * seq_len
 
 
+def total_grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor | None:
+    """The 2-norm of all gradients together, as ``clip_grad_norm_`` measures it; ``None`` with no gradients."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return None
+    norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])  # (n_tensors,)
+    return torch.linalg.vector_norm(norms)
+
+
 def run_environment(trainer: L.Trainer) -> dict[str, Any]:
     """What ran the job: accelerator, device and the versions of the packages that decide the numbers."""
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "lightning": L.__version__}
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__), "lightning": L.__version__}
     # torch_npu is looked up, never imported: importing it changes torch, and it may be absent.
     for package in ("torch_npu", "wandb"):
         try:
@@ -110,7 +119,9 @@ class TrainingMetrics(Callback):
         # Lightning's LearningRateMonitor asks the same question the same way.
         return bool(trainer.loggers) and trainer._logger_connector.should_update_logs
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._peak is not None and self._logging(trainer):
             _synchronize(pl_module.device)
             self._start = time.perf_counter()
@@ -121,10 +132,8 @@ class TrainingMetrics(Callback):
         # After the precision plugin unscales fp16 gradients and before clipping: the norm nanoGPT clips.
         if not self._logging(trainer):
             return
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        if grads:
-            norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])  # (n_tensors,)
-            pl_module.log("grad_norm", torch.linalg.vector_norm(norms))
+        if (norm := total_grad_norm(list(pl_module.parameters()))) is not None:
+            pl_module.log("grad_norm", norm)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
