@@ -93,6 +93,10 @@ class AutoWandbLogger(WandbLogger):
                 ``"all"`` as they are written, ``False`` never. Offline runs keep them for ``wandb sync``.
             **kwargs: Passed on to ``WandbLogger`` and ``wandb.init`` (``entity``, ``tags``, ``group``, ...).
         """
+        # WandbLogger's own spellings of the same settings, which the CLI also offers.
+        if kwargs.pop("offline", False):
+            mode = mode or "offline"
+        save_dir = kwargs.pop("dir", None) or save_dir
         self.mode = resolve_wandb_mode(mode)
         super().__init__(
             name=name,

@@ -311,6 +311,10 @@ def test_logger_respects_wandb_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.delenv("WANDB_DIR")
     logger = AutoWandbLogger(save_dir="runs/x", project=None)
     assert logger.name == "lit-nanogpt" and logger.save_dir == "runs/x"
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert AutoWandbLogger().mode == "online"
+    assert AutoWandbLogger(offline=True).mode == "offline"  # WandbLogger's spelling still works
 
 
 def test_default_run_goes_offline_without_credentials(tmp_path: Path) -> None:
