@@ -98,6 +98,7 @@ class AutoWandbLogger(WandbLogger):
             mode = mode or "offline"
         save_dir = kwargs.pop("dir", None) or save_dir
         self.mode = resolve_wandb_mode(mode)
+        self._sync_hint_shown = False
         super().__init__(
             name=name,
             save_dir=os.environ.get("WANDB_DIR") or save_dir,
@@ -117,7 +118,8 @@ class AutoWandbLogger(WandbLogger):
     @rank_zero_only
     def finalize(self, status: str) -> None:
         super().finalize(status)
-        if self.mode == "offline" and self.run_dir is not None:
+        if self.mode == "offline" and self.run_dir is not None and not self._sync_hint_shown:
+            self._sync_hint_shown = True  # once, though fit and test may both finalize the same run
             rank_zero_info(f"W&B run saved offline; upload it later with: wandb sync {self.run_dir}")
 
 
