@@ -1,5 +1,8 @@
 """Lightning callbacks shipped with lit_nanogpt."""
 
+from callbacks.loss_curve import LossCurve
+from callbacks.metrics import TrainingMetrics
 from callbacks.samples import SampleWriter
+from callbacks.validation_samples import ValidationSamples
 
-__all__ = ["SampleWriter"]
+__all__ = ["LossCurve", "SampleWriter", "TrainingMetrics", "ValidationSamples"]

@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from callbacks.samples import SEPARATOR, SampleWriter
 from lit_nanogpt.checkpoint import import_nanogpt, load_model, read_checkpoint
 from lit_nanogpt.data import CharDataModule
+from lit_nanogpt.loggers import LoggedConfig
 from lit_nanogpt.module import LitGPT, generate_text, validate_sampling
 from lit_nanogpt.npu import npu_trainer_flags
 
@@ -39,6 +40,7 @@ class LitNanoGPTCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 1337)  # nanoGPT's seed
         # validate/predict with only --ckpt_path should not leave a CSV log folder in the current directory.
         kwargs.setdefault("trainer_defaults", {"logger": False})
+        kwargs.setdefault("save_config_callback", LoggedConfig)  # config.yaml, and the same config in the loggers
         description = "Train, evaluate and sample nanoGPT with Lightning. Also: " + "; ".join(
             f"{PROG} {name}: {text}" for name, text in EXTRA_COMMANDS.items()
         )

@@ -1,0 +1,147 @@
+"""``grad_norm`` and ``mfu`` (model FLOPs utilisation), computed on logging steps only, and the run's environment."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_nanogpt.model import GPT
+
+# Dense fp16/bf16 peak FLOP/s of one device, the denominator nanoGPT's estimate_mfu uses (A100: 312e12),
+# matched as a substring of the device name; the first match wins, so specific names come first.
+# Vendor figures; variants differ (e.g. Ascend 910B1..B4), so pass `peak_flops` for an exact one.
+PEAK_FLOPS: dict[str, float] = {
+    "910B": 320e12,  # Ascend 910B (Atlas 800T A2), fp16
+    "310P": 70e12,  # Ascend 310P (Atlas 300I Pro), fp16
+    "A100": 312e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # SXM
+    "H200": 989e12,
+}
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's marketing name (``NVIDIA A100-SXM4-80GB``, ``Ascend910B3``), or the CPU's."""
+    # torch.cuda and torch.npu (registered by torch_npu) both have get_device_name; no vendor branch needed.
+    get_name = getattr(getattr(torch, device.type, None), "get_device_name", None)
+    if device.type != "cpu" and callable(get_name):
+        return str(get_name(device))
+    return platform.processor() or platform.machine() or device.type
+
+
+def peak_flops_for(name: str) -> float | None:
+    """The table's peak FLOP/s for a device name, or ``None`` when it is not known (CPUs, other GPUs)."""
+    for key, flops in PEAK_FLOPS.items():
+        if key in name:
+            return flops
+    return None
+
+
+def flops_per_token(model: GPT, seq_len: int) -> float:
+    """Training FLOPs per token, forward and backward, as nanoGPT's ``estimate_mfu`` (PaLM appendix B)."""
+    cfg = model.config
+    n_params = model.get_num_params()
+    return 6 * n_params + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * seq_len
+
+
+def total_grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor | None:
+    """The 2-norm of all gradients together, as ``clip_grad_norm_`` measures it; ``None`` with no gradients."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return None
+    norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])  # (n_tensors,)
+    return torch.linalg.vector_norm(norms)
+
+
+def run_environment(trainer: L.Trainer) -> dict[str, Any]:
+    """What ran the job: accelerator, device and the versions of the packages that decide the numbers."""
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__), "lightning": L.__version__}
+    # torch_npu is looked up, never imported: importing it changes torch, and it may be absent.
+    for package in ("torch_npu", "wandb"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {
+        "accelerator": type(trainer.accelerator).__name__,
+        "device": device_name(trainer.strategy.root_device),
+        "num_devices": trainer.num_devices,
+        "num_nodes": trainer.num_nodes,
+        "precision": str(trainer.precision),
+        "versions": versions,
+    }
+
+
+def _synchronize(device: torch.device) -> None:
+    sync = getattr(torch.get_device_module(device), "synchronize", None)
+    if callable(sync):
+        sync(device)
+
+
+class TrainingMetrics(Callback):
+    def __init__(self, peak_flops: float | None = None) -> None:
+        """Log ``grad_norm`` and ``mfu`` on the Trainer's logging steps, and the run's environment once.
+
+        Nothing is computed on other steps. On a logging step the device is synchronised before and
+        after it, so ``mfu`` (and ``LitGPT``'s ``tokens_per_s``) time the work, not its queueing.
+
+        Args:
+            peak_flops: Peak FLOP/s of one device for ``mfu``; default looked up by device name in
+                ``PEAK_FLOPS`` (Ascend 910B/310P, A100, H100, H200). With neither, ``mfu`` is not logged.
+        """
+        if peak_flops is not None and peak_flops <= 0:
+            raise ValueError(f"peak_flops={peak_flops} must be positive, e.g. 312e12 for an A100 in bf16")
+        self.peak_flops = peak_flops
+        self._peak: float | None = None
+        self._start = 0.0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        env = run_environment(trainer)
+        self._peak = self.peak_flops or peak_flops_for(env["device"])
+        env["peak_flops"] = self._peak
+        for logger in trainer.loggers:
+            logger.log_hyperparams(env)
+        if self._peak is None and trainer.loggers:
+            rank_zero_info(
+                f"mfu is not logged: no known peak FLOP/s for {env['device']!r}; "
+                "set the TrainingMetrics callback's peak_flops (e.g. 312e12) to log it"
+            )
+
+    @staticmethod
+    def _logging(trainer: L.Trainer) -> bool:
+        # Lightning's LearningRateMonitor asks the same question the same way.
+        return bool(trainer.loggers) and trainer._logger_connector.should_update_logs
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._peak is not None and self._logging(trainer):
+            _synchronize(pl_module.device)
+            self._start = time.perf_counter()
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        # After the precision plugin unscales fp16 gradients and before clipping: the norm nanoGPT clips.
+        if not self._logging(trainer):
+            return
+        if (norm := total_grad_norm(list(pl_module.parameters()))) is not None:
+            pl_module.log("grad_norm", norm)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._peak is None or not self._logging(trainer):
+            return
+        _synchronize(pl_module.device)
+        seconds = time.perf_counter() - self._start
+        x = batch[0]  # (B, T) on this device
+        flops = flops_per_token(pl_module.model, x.shape[1]) * x.numel()
+        pl_module.log("mfu", flops / seconds / self._peak)
