@@ -1,5 +1,6 @@
 """Lightning callbacks shipped with lit_nanogpt."""
 
+from callbacks.export import OnnxExport
 from callbacks.samples import SampleWriter
 
-__all__ = ["SampleWriter"]
+__all__ = ["OnnxExport", "SampleWriter"]
