@@ -51,7 +51,8 @@ DEFAULT_OPSET = 15
 ATC_ONNX_OPS = frozenset(
     "Abs Add And ArgMax Cast Concat Constant ConstantOfShape Div Equal Erf Exp Expand Flatten Gather Gemm "
     "Greater Identity Less LessOrEqual Log MatMul Max Min Mul Neg Not Pow Range Reciprocal ReduceMax ReduceMean "
-    "ReduceSum Relu Reshape Shape Sigmoid Slice Softmax Split Sqrt Squeeze Sub Tanh Tile Transpose Unsqueeze Where".split()
+    "ReduceSum Relu Reshape Shape Sigmoid Slice Softmax Split Sqrt Squeeze Sub Tanh Tile Transpose Unsqueeze "
+    "Where".split()
 )
 # Large enough that exp() of it is exactly 0 in fp32, small enough to stay finite in fp16 on Ascend.
 _MASKED = -1.0e4
@@ -166,7 +167,9 @@ def check_graph(path: Path, opset: int, allowed_ops: frozenset[str] | None = ATC
     model = onnx.load(str(path), load_external_data=False)
     got = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     if got.get("ai.onnx") != opset:
-        raise ValueError(f"{path.name} has opset {got.get('ai.onnx')}, not {opset}: export it again with --opset {opset}")
+        raise ValueError(
+            f"{path.name} has opset {got.get('ai.onnx')}, not {opset}: export it again with --opset {opset}"
+        )
     ops = sorted({n.op_type for n in model.graph.node})
     if allowed_ops is not None and (bad := [op for op in ops if op not in allowed_ops]):
         raise ValueError(f"{path.name} contains ops that atc lacks: {', '.join(bad)}")
@@ -199,7 +202,9 @@ class AtcOptions:
     def executable(self) -> str | None:
         if self.atc:
             if not Path(self.atc).is_file():
-                raise FileNotFoundError(f"atc {self.atc} does not exist: pass the path of CANN's atc, or leave it unset")
+                raise FileNotFoundError(
+                    f"atc {self.atc} does not exist: pass the path of CANN's atc, or leave it unset"
+                )
             return self.atc
         return shutil.which("atc")
 
@@ -336,7 +341,9 @@ def export_model(
     if dynamic_dims is not None:
         dynamic_dims = sorted(set(dynamic_dims))
         if not dynamic_dims or dynamic_dims[0] < 1 or dynamic_dims[-1] > config.block_size:
-            raise ValueError(f"dynamic_dims={dynamic_dims} must be lengths between 1 and block_size={config.block_size}")
+            raise ValueError(
+                f"dynamic_dims={dynamic_dims} must be lengths between 1 and block_size={config.block_size}"
+            )
     if len(vocab) != config.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocab)} characters but the model's vocab_size={config.vocab_size}")
     out = Path(out)

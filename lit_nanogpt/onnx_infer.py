@@ -42,7 +42,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         int(manifest["block_size"])
         assert isinstance(files, dict) and isinstance(graphs, dict) and isinstance(vocab, str)
     except Exception as e:
-        raise ValueError(f"{path} is damaged or not a lit-nanogpt manifest ({type(e).__name__}: {e}); export again") from None
+        raise ValueError(
+            f"{path} is damaged or not a lit-nanogpt manifest ({type(e).__name__}: {e}); export again"
+        ) from None
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {manifest['format_version']}: upgrade lit-nanogpt to read it")
     for name, digest in files.items():
@@ -50,7 +52,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         if not file.is_file():
             raise ValueError(f"{folder}: the manifest lists {name} but it is missing; export again")
         if sha256(file) != digest:
-            raise ValueError(f"{folder}: {name} does not match the manifest's sha256 (changed or damaged); export again")
+            raise ValueError(
+                f"{folder}: {name} does not match the manifest's sha256 (changed or damaged); export again"
+            )
     for graph in graphs.values():
         if graph["file"] not in files:
             raise ValueError(f"{folder}: graph {graph['file']} is not listed in the manifest's files; export again")
