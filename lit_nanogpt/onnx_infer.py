@@ -68,6 +68,9 @@ def _session(path: Path, providers: list[str], threads: int | None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    # Spinning worker threads wait for work by burning a core; on a shared or busy CPU that halves
+    # the speed of batch-1 decoding (measured in benchmarks/export.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
@@ -88,7 +91,7 @@ class ExportedGPT:
             folder: An export folder (``manifest.json`` and its graphs).
             int8: Use the int8-weight graphs (``*.int8.onnx``).
             providers: onnxruntime execution providers; default CPU.
-            threads: onnxruntime intra-op threads; default one per core.
+            threads: onnxruntime intra-op threads; default one for decode, one per core for the others.
             full_runner: Runs the full-context graph instead of onnxruntime (e.g. an ``.om`` on Ascend);
                 it takes ``idx`` (B, T) int64 and returns logits (B, T, V). Generation then uses no cache.
         """
@@ -116,7 +119,9 @@ class ExportedGPT:
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if graph not in self._sessions:
-            self._sessions[graph] = _session(self._files[graph], self._providers, self._threads)
+            # One token's matmuls are too small to split across threads with any gain.
+            threads = self._threads or (1 if graph == "decode" else None)
+            self._sessions[graph] = _session(self._files[graph], self._providers, threads)
         return self._sessions[graph].run(None, feeds)
 
     # ---- the three graphs ----
