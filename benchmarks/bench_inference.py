@@ -54,12 +54,16 @@ def speed(repeats: int, lengths: list[int], work: Path) -> dict:
     vocab = Vocabulary.from_text(SHIPPED_CORPUS.read_text(encoding="utf-8"))  # Tiny Shakespeare's 65 characters
     idx = torch.from_numpy(vocab.encode(PROMPT))[None]
     start = time.perf_counter()
+    export_model(model, vocab, work / "export_fp32", int8=False, atc=None)
+    export_fp32_s = time.perf_counter() - start
+    start = time.perf_counter()
     manifest = export_model(model, vocab, work / "export", int8=True, atc=None)
     export_s = time.perf_counter() - start
+    print(f"export: {export_fp32_s:.1f} s fp32 graphs only, {export_s:.1f} s with int8", flush=True)
     sizes = {name: (work / "export" / name).stat().st_size for name in manifest["files"]}
     fp32, int8 = ExportedGPT(work / "export"), ExportedGPT(work / "export", int8=True)
     fp32.generate(idx, 2), int8.generate(idx, 2)  # open the sessions outside the timing
-    out: dict = {"params": model.get_num_params(), "export_s": export_s, "sizes": sizes,
+    out: dict = {"params": model.get_num_params(), "export_s": export_s, "export_fp32_s": export_fp32_s, "sizes": sizes,
                  "max_abs_diff": manifest["max_abs_diff"], "tokens_per_s": {}}  # fmt: skip
     kw = {"temperature": 0.8, "top_k": 200}
     for n in lengths:
@@ -76,6 +80,17 @@ def speed(repeats: int, lengths: list[int], work: Path) -> dict:
             rate = best_rate(fn, n, repeats if name != "eager_recompute" else max(1, repeats - 1))
             out["tokens_per_s"][f"{name}@{n}"] = rate
             print(f"{n:4d} tokens  {name:30s} {rate:8.1f} tokens/s", flush=True)
+        # PyTorch's intra-op threads spin as onnxruntime's do by default; one thread is its best case here.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for name, use_cache in (("eager_recompute_1thread", False), ("eager_cache_1thread", True)):
+                fn = lambda n=n, use_cache=use_cache: model.generate(idx, n, use_cache=use_cache, **kw)  # noqa: E731
+                rate = best_rate(fn, n, repeats if use_cache else max(1, repeats - 1))
+                out["tokens_per_s"][f"{name}@{n}"] = rate
+                print(f"{n:4d} tokens  {name:30s} {rate:8.1f} tokens/s", flush=True)
+        finally:
+            torch.set_num_threads(threads)
     # Past block_size, exact semantics cost one full-window forward per token:
     ctx = np.zeros((1, config.block_size), dtype=np.int64)
     for name, g in (("fp32", fp32), ("int8", int8)):

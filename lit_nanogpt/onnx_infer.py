@@ -40,7 +40,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
             raise ValueError(f"format is {manifest.get('format')!r}, not {FORMAT!r}")
         files, graphs, vocab = manifest["files"], manifest["graphs"], manifest["vocab"]
         int(manifest["block_size"])
-        assert isinstance(files, dict) and isinstance(graphs, dict) and isinstance(vocab, str)
+        if not (isinstance(files, dict) and isinstance(graphs, dict) and isinstance(vocab, str)):
+            raise TypeError("files and graphs must be objects and vocab a string")
     except Exception as e:
         raise ValueError(
             f"{path} is damaged or not a lit-nanogpt manifest ({type(e).__name__}: {e}); export again"
@@ -228,8 +229,10 @@ def open_export(folder: str | Path, int8: bool = False, backend: str = "auto") -
     manifest = read_manifest(folder)
     om = (manifest.get("atc") or {}).get("om")
     if backend in ("auto", "om"):
-        from lit_nanogpt.npu.om import ais_bench_available, om_runner
-
+        try:
+            from lit_nanogpt.npu.om import ais_bench_available, om_runner
+        except ImportError:  # a build without the Ascend subpackage
+            ais_bench_available = lambda: False  # noqa: E731
         if om and ais_bench_available():
             return ExportedGPT(folder, int8=False, full_runner=om_runner(Path(folder) / om)), "om"
         if backend == "om":
