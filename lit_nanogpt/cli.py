@@ -1,4 +1,5 @@
-"""``lit-nanogpt``: Lightning's ``fit``/``validate``/``test``/``predict`` plus ``generate`` and ``import-nanogpt``."""
+"""``lit-nanogpt``: Lightning's ``fit``/``validate``/``test``/``predict`` plus ``generate``, ``import-nanogpt``
+and ``export``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -27,6 +28,7 @@ PROG = "lit-nanogpt"
 EXTRA_COMMANDS = {
     "generate": "Sample text from a checkpoint (lit-nanogpt generate --help)",
     "import-nanogpt": "Convert nanoGPT's ckpt.pt and meta.pkl into a lit-nanogpt checkpoint",
+    "export": "Export a checkpoint to ONNX (and an Ascend .om when atc is installed)",
 }
 # Lightning's own names for checkpoints it finds by itself, accepted by --ckpt_path.
 _SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
@@ -97,7 +99,8 @@ class LitNanoGPTCLI(LightningCLI):
 
 
 def generate(
-    checkpoint: str,
+    checkpoint: str | None = None,
+    onnx: str | None = None,
     prompt: str = "\n",
     max_new_tokens: int = 500,
     temperature: float = 0.8,
@@ -106,11 +109,16 @@ def generate(
     seed: int = 1337,
     device: str = "cpu",
     use_cache: bool = True,
+    int8: bool = False,
+    window: Literal["exact", "half"] = "exact",
+    backend: Literal["auto", "cpu", "cann", "om"] = "auto",
 ) -> None:
-    """Sample from a lit-nanogpt checkpoint and print each sample as nanoGPT's sample.py does.
+    """Sample from a lit-nanogpt checkpoint or export folder and print each sample as nanoGPT's sample.py does.
 
     Args:
         checkpoint: A checkpoint written by ``fit`` or ``import-nanogpt``; nothing else is needed.
+        onnx: Instead of ``checkpoint``: an export folder (``lit-nanogpt export`` or the fit-end export),
+            run with onnxruntime (or on Ascend, its .om through ais_bench or onnxruntime's CANN provider).
         prompt: Text to continue; prefix with ``FILE:`` to read it from a file.
         max_new_tokens: Characters generated per sample.
         temperature: Divides the logits; below 1 is more conservative. 0 means greedy (argmax).
@@ -119,25 +127,52 @@ def generate(
         seed: Seed of the sampling, as ``torch.manual_seed`` in nanoGPT's sample.py.
         device: Where to run, e.g. ``cpu`` or ``cuda``.
         use_cache: Keep keys and values while the text fits in block_size (same tokens, faster).
+        int8: With ``onnx``: run the int8-weight graphs (faster on CPU; see docs/export.md for the cost).
+        window: With ``onnx``, past block_size: ``exact`` (nanoGPT's sliding window, a full window per
+            token) or ``half`` (re-read the last block_size/2 tokens when the cache is full: faster, not identical).
+        backend: With ``onnx``: ``auto``, ``cpu`` (onnxruntime), ``cann`` (onnxruntime's CANN provider)
+            or ``om`` (the atc-compiled .om through ais_bench).
     """
     validate_sampling(max_new_tokens, temperature, top_k)
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be at least 1")
+    if (checkpoint is None) == (onnx is None):
+        raise ValueError("pass exactly one of --checkpoint CKPT (PyTorch) and --onnx EXPORT_DIR (onnxruntime)")
+    if onnx is None and (int8 or window != "exact" or backend != "auto"):
+        raise ValueError("--int8, --window and --backend apply to --onnx EXPORT_DIR only")
     if prompt.startswith("FILE:"):
         with open(prompt[5:], encoding="utf-8") as f:
             prompt = f.read()
-    model, vocab = load_model(checkpoint)
+    if onnx is not None:
+        from lit_nanogpt.onnx_infer import open_export
+
+        exported, _ = open_export(onnx, int8=int8, backend=backend)
+        vocab, block_size = exported.vocab, exported.block_size
+    else:
+        model, vocab = load_model(checkpoint)
+        model.to(device)
+        block_size = model.config.block_size
     if missing := vocab.unknown(prompt):
         raise ValueError(f"prompt has characters not in the model's vocabulary: {''.join(missing)!r}; remove them")
-    model.to(device)
+    if not prompt:
+        raise ValueError("the prompt is empty: give at least one character, e.g. a newline")
+    if len(prompt) > block_size:
+        print(f"prompt has {len(prompt)} characters, more than block_size={block_size}: "
+              f"the model sees only the last {block_size}", file=sys.stderr)  # fmt: skip
     torch.manual_seed(seed)
-    new_tokens, start = 0, time.perf_counter()
+    new_tokens, seconds = 0, 0.0
     for _ in range(num_samples):
-        text = generate_text(model, vocab, prompt, max_new_tokens, temperature, top_k, use_cache=use_cache)
+        start = time.perf_counter()
+        if onnx is not None:
+            idx = torch.from_numpy(vocab.encode(prompt))[None]  # (1, T)
+            out = exported.generate(idx, max_new_tokens, temperature, top_k, use_cache=use_cache, window=window)
+            text = vocab.decode(out[0])
+        else:
+            text = generate_text(model, vocab, prompt, max_new_tokens, temperature, top_k, use_cache=use_cache)
+        seconds += time.perf_counter() - start
         new_tokens += max_new_tokens
         print(text)
         print(SEPARATOR, flush=True)
-    seconds = time.perf_counter() - start
     print(f"{new_tokens} tokens in {seconds:.2f} s ({new_tokens / seconds:.1f} tokens/s)", file=sys.stderr)
 
 
@@ -151,6 +186,44 @@ def import_nanogpt_command(ckpt: str, meta: str, out: str) -> None:
     """
     path = import_nanogpt(ckpt, meta, out)
     print(f"Wrote {path}", file=sys.stderr)
+
+
+def export_command(
+    checkpoint: str,
+    out: str,
+    opset: int = 15,
+    batch_size: int = 1,
+    dynamic_dims: list[int] | None = None,
+    int8: bool = True,
+    soc_version: str = "Ascend310P3",
+    precision_mode: str = "allow_fp32_to_fp16",
+    atc: str | None = None,
+    atc_log: str = "error",
+    compile: bool = True,
+) -> None:
+    """Export a lit-nanogpt checkpoint to an ONNX folder, and compile it with atc when atc is installed.
+
+    Args:
+        checkpoint: A checkpoint written by ``fit`` or ``import-nanogpt``.
+        out: The export folder; replaced only once the new export is complete.
+        opset: ONNX opset; CANN's atc reads 11 to 15.
+        batch_size: Batch of the full-context graph that atc compiles.
+        dynamic_dims: Sequence lengths for ``atc --dynamic_dims`` (e.g. ``[64,128,256]``); default a fixed block_size.
+        int8: Also write int8-weight graphs for fast CPU inference.
+        soc_version: atc's ``--soc_version``: Ascend310, Ascend310P3, Ascend310B1, Ascend910B, ...
+        precision_mode: atc's ``--precision_mode``.
+        atc: Path of the ``atc`` executable; default the one on PATH.
+        atc_log: atc's ``--log`` level.
+        compile: Run atc when found; ``false`` only writes the command to run later.
+    """
+    from lit_nanogpt.export import AtcOptions, export_model
+
+    model, vocab = load_model(checkpoint)
+    options = AtcOptions(soc_version=soc_version, precision_mode=precision_mode, log=atc_log, atc=atc, enabled=compile)
+    manifest = export_model(model, vocab, out, opset=opset, batch_size=batch_size, dynamic_dims=dynamic_dims,
+                            int8=int8, atc=options, source=str(checkpoint))  # fmt: skip
+    worst = max(manifest["max_abs_diff"].values())
+    print(f"Wrote {out} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})", file=sys.stderr)
 
 
 def _quiet_lightning() -> None:
@@ -175,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             auto_cli(generate, args=args[1:], as_positional=False, prog=f"{PROG} generate")
         elif args[:1] == ["import-nanogpt"]:
             auto_cli(import_nanogpt_command, args=args[1:], as_positional=False, prog=f"{PROG} import-nanogpt")
+        elif args[:1] == ["export"]:
+            auto_cli(export_command, args=args[1:], as_positional=False, prog=f"{PROG} export")
         else:
             LitNanoGPTCLI(args=argv)
     except (ValueError, FileNotFoundError) as e:

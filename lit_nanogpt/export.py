@@ -1,0 +1,425 @@
+"""Export a trained GPT to ONNX for onnxruntime and for Ascend's graph compiler ``atc``.
+
+An export folder holds, beside a ``manifest.json`` that makes it self-contained:
+
+* ``full.onnx``: logits for a whole window, ``idx`` of a fixed ``[batch, block_size]`` (or a dynamic
+  length, for ``atc --dynamic_dims``). This is the graph ``atc`` compiles to an ``.om``.
+* ``prefill.onnx`` and ``decode.onnx``: the KV-cache pair used for generation. Prefill takes the
+  prompt and returns its logits and every layer's keys and values; decode takes one token and those
+  keys and values and returns them one position longer.
+* optionally ``*.int8.onnx``: the same graphs with int8 weights (onnxruntime's dynamic quantization).
+
+The graphs go through torch's TorchScript exporter at opset 15 by default, as recent CANN releases'
+``atc`` read ONNX opsets 11 to 15 and the dynamo exporter starts at 18. Attention is written out with
+an additive mask (no ``Trilu``, no ``IsNaN``) by a custom symbolic, so every op is one ``atc`` knows.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+
+from lit_nanogpt.data import Vocabulary
+from lit_nanogpt.model import GPT
+
+log = logging.getLogger(__name__)
+
+FORMAT = "lit-nanogpt-onnx"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DEFAULT_OPSET = 15
+# Ops of CANN's "supported ONNX operators" list (CANN 5.0.4 reference, operatorlist_0071) that an
+# exported GPT can contain; anything else is refused at export time rather than failing in atc.
+ATC_ONNX_OPS = frozenset(
+    "Abs Add And ArgMax Cast Concat Constant ConstantOfShape Div Equal Erf Exp Expand Flatten Gather Gemm "
+    "Greater Identity Less LessOrEqual Log MatMul Max Min Mul Neg Not Pow Range Reciprocal ReduceMax ReduceMean "
+    "ReduceSum Relu Reshape Shape Sigmoid Slice Softmax Split Sqrt Squeeze Sub Tanh Tile Transpose Unsqueeze "
+    "Where".split()
+)
+# Large enough that exp() of it is exactly 0 in fp32, small enough to stay finite in fp16 on Ascend.
+_MASKED = -1.0e4
+
+
+def past_names(n_layer: int, prefix: str) -> list[str]:
+    """``{prefix}_key_0, {prefix}_value_0, ...``: the flat order of one KV cache's tensors."""
+    return [f"{prefix}_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
+
+
+class FullContextGraph(nn.Module):
+    """``idx`` (B, T) -> logits (B, T, V), with the masked attention of ``GPT.forward_cached``."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.model.forward_cached(idx)
+        return logits
+
+
+class CachedGraph(nn.Module):
+    """``GPT.forward_cached`` with flat tensors: (idx, *past) -> (logits, *present).
+
+    Without ``past`` it is the prefill graph; with it, the decode graph. ``past`` and ``present``
+    are ``key_0, value_0, key_1, ...``, each (B, n_head, T, head_size).
+    """
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cache = [(past[i], past[i + 1]) for i in range(0, len(past), 2)] if past else None
+        logits, present = self.model.forward_cached(idx, cache)
+        return (logits, *(t for kv in present for t in kv))
+
+
+def _sdpa_symbolic(head_size: int):
+    """An ONNX symbolic for ``scaled_dot_product_attention`` with a boolean mask, in ops atc knows.
+
+    torch's own turns the mask into ``-inf`` and then needs ``IsNaN`` to clean fully masked rows;
+    a causal mask never masks a whole row, so a finite additive mask is exact and simpler.
+    """
+    from torch.onnx import symbolic_helper
+
+    @symbolic_helper.parse_args("v", "v", "v", "v", "f", "b", "v", "b")
+    def symbolic(g, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if is_causal or symbolic_helper._is_none(attn_mask):
+            raise ValueError("export expects attention with an explicit mask (GPT.forward_cached)")
+        key_t = g.op("Transpose", key, perm_i=[0, 1, 3, 2])
+        scores = g.op("MatMul", query, key_t)  # (B, nh, T, T_past + T)
+        scores = g.op("Mul", scores, g.op("Constant", value_t=torch.tensor(head_size**-0.5)))
+        zero = g.op("Constant", value_t=torch.tensor(0.0))
+        masked = g.op("Constant", value_t=torch.tensor(_MASKED))
+        scores = g.op("Add", scores, g.op("Where", attn_mask, zero, masked))
+        return g.op("MatMul", g.op("Softmax", scores, axis_i=-1), value)  # (B, nh, T, hs)
+
+    return symbolic
+
+
+@contextmanager
+def _attention_symbolic(head_size: int, opset: int) -> Iterator[None]:
+    name = "aten::scaled_dot_product_attention"
+    torch.onnx.register_custom_op_symbolic(name, _sdpa_symbolic(head_size), opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(name, opset)
+
+
+def _export_graph(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int,
+) -> None:
+    with warnings.catch_warnings():
+        # The length check in forward_cached becomes a constant in the trace; the graphs' shapes keep it true.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+
+
+def _io(values: Any) -> list[dict[str, Any]]:
+    """Names, shapes (ints, or names of dynamic axes) and dtypes of a graph's inputs or outputs."""
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        shape = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+        out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
+    return out
+
+
+def check_graph(path: Path, opset: int, allowed_ops: frozenset[str] | None = ATC_ONNX_OPS) -> dict[str, Any]:
+    """``onnx.checker`` on the file, then its opset and ops; returns its manifest entry."""
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path), load_external_data=False)
+    got = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    if got.get("ai.onnx") != opset:
+        raise ValueError(
+            f"{path.name} has opset {got.get('ai.onnx')}, not {opset}: export it again with --opset {opset}"
+        )
+    ops = sorted({n.op_type for n in model.graph.node})
+    if allowed_ops is not None and (bad := [op for op in ops if op not in allowed_ops]):
+        raise ValueError(f"{path.name} contains ops that atc lacks: {', '.join(bad)}")
+    return {"file": path.name, "inputs": _io(model.graph.input), "outputs": _io(model.graph.output), "ops": ops}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class AtcOptions:
+    """How ``atc`` compiles ``full.onnx`` to an ``.om`` (see tools/atc/README.md)."""
+
+    soc_version: str = "Ascend310P3"
+    """Target chip, as ``npu-smi info`` names it: Ascend310, Ascend310P3, Ascend310B1, Ascend910B, ..."""
+    precision_mode: str = "allow_fp32_to_fp16"
+    """atc's ``--precision_mode``: ``force_fp16``, ``allow_fp32_to_fp16``, ``must_keep_origin_dtype``, ..."""
+    log: str = "error"
+    """atc's ``--log`` level: ``debug``, ``info``, ``warning``, ``error`` or ``null``."""
+    atc: str | None = None
+    """Path to the ``atc`` executable; default the one on ``PATH``."""
+    enabled: bool = True
+    """Run atc when it is found; ``False`` only writes the command."""
+
+    def executable(self) -> str | None:
+        if self.atc:
+            if not Path(self.atc).is_file():
+                raise FileNotFoundError(
+                    f"atc {self.atc} does not exist: pass the path of CANN's atc, or leave it unset"
+                )
+            return self.atc
+        return shutil.which("atc")
+
+
+def om_stem(soc_version: str) -> str:
+    return f"full_{soc_version}"
+
+
+def atc_command(folder: Path, manifest: dict[str, Any], options: AtcOptions, executable: str = "atc") -> list[str]:
+    """The ``atc`` command line that compiles ``folder/full.onnx`` to ``folder/full_<soc>.om``."""
+    batch, length = manifest["graphs"]["full"]["inputs"][0]["shape"]
+    dims = manifest.get("dynamic_dims")
+    cmd = [
+        executable,
+        "--framework=5",
+        f"--model={folder / 'full.onnx'}",
+        f"--output={folder / om_stem(options.soc_version)}",
+        f"--soc_version={options.soc_version}",
+        f"--input_shape=idx:{batch},{-1 if dims else length}",
+        "--input_format=ND",
+        f"--precision_mode={options.precision_mode}",
+        f"--log={options.log}",
+    ]
+    if dims:
+        cmd.append(f"--dynamic_dims={';'.join(str(d) for d in dims)}")
+    return cmd
+
+
+def run_atc(folder: Path, final: Path, manifest: dict[str, Any], options: AtcOptions) -> None:
+    """Compile in ``folder`` (the export being built) and record the outcome in ``manifest["atc"]``.
+
+    ``final`` is where the folder will end up: the recorded command names it, so it can be run later.
+    """
+    later = shlex.join(atc_command(final.resolve(), manifest, options))
+    entry: dict[str, Any] = {"soc_version": options.soc_version, "command": later, "om": None, "log": None}
+    manifest["atc"] = entry
+    executable = options.executable() if options.enabled else None
+    if executable is None:
+        (folder / "atc_command.sh").write_text(f"{later}\n", encoding="utf-8")
+        reason = "atc is disabled" if not options.enabled else "atc is not on PATH"
+        log.warning(f"{reason}: compile for {options.soc_version} later with {final / 'atc_command.sh'}")
+        return
+    log_name = f"{om_stem(options.soc_version)}.atc.log"
+    with (folder / log_name).open("w", encoding="utf-8") as f:
+        result = subprocess.run(atc_command(folder, manifest, options, executable), stdout=f, stderr=subprocess.STDOUT)
+    om = folder / f"{om_stem(options.soc_version)}.om"
+    if result.returncode != 0 or not om.is_file():
+        kept = final.parent / f"{final.name}.{log_name}"
+        shutil.copyfile(folder / log_name, kept)
+        tail = (folder / log_name).read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
+        raise ValueError(
+            f"atc failed (exit code {result.returncode}{', no .om written' if result.returncode == 0 else ''}) "
+            f"for {options.soc_version}: {tail[0][:200]!r}; its log is {kept}; the previous export was kept"
+        )
+    entry.update(om=om.name, log=log_name)
+    log.info(f"atc compiled {om.name} for {options.soc_version}")
+
+
+def _ort_session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _parity(folder: Path, model: GPT, batch: int, block_size: int) -> dict[str, float]:
+    """Max abs difference of onnxruntime's logits from PyTorch's on fixed random tokens, per graph."""
+    g = torch.Generator().manual_seed(0)
+    V, T = model.config.vocab_size, block_size
+    idx = torch.randint(V, (batch, T), generator=g)
+    with torch.no_grad():
+        ref, cache = model.forward_cached(idx)  # (B, T, V)
+    out: dict[str, float] = {}
+    (full,) = _ort_session(folder / "full.onnx").run(["logits"], {"idx": idx.numpy()})
+    out["full"] = float(np.abs(full - ref.numpy()).max())
+    split = max(1, T - 1)
+    prefill = _ort_session(folder / "prefill.onnx").run(None, {"idx": idx[:, :split].numpy()})
+    out["prefill"] = float(np.abs(prefill[0] - ref[:, :split].numpy()).max())
+    if split < T:
+        names = past_names(model.config.n_layer, "past")
+        feeds = {"idx": idx[:, split:].numpy(), **dict(zip(names, prefill[1:], strict=True))}
+        decode = _ort_session(folder / "decode.onnx").run(None, feeds)
+        out["decode"] = float(np.abs(decode[0] - ref[:, split:].numpy()).max())
+        cache_flat = [t.numpy() for kv in cache for t in kv]
+        out["decode_cache"] = float(max(np.abs(a - b).max() for a, b in zip(decode[1:], cache_flat, strict=True)))
+    return out
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """int8 weights, activations quantized on the fly (onnxruntime's dynamic quantization)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.WARNING)  # it logs every tensor it skips, and a pre-processing hint, on the root logger
+    try:
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def export_model(
+    model: GPT,
+    vocab: Vocabulary,
+    out: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch_size: int = 1,
+    dynamic_dims: list[int] | None = None,
+    int8: bool = True,
+    tolerance: float = 1e-4,
+    atc: AtcOptions | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Export ``model`` into the folder ``out``, replacing it only once everything has succeeded.
+
+    Args:
+        model: The network; a CPU fp32 copy in eval mode is exported, ``model`` is left as it is.
+        vocab: Its vocabulary, written into the manifest.
+        out: The export folder.
+        opset: ONNX opset; CANN's atc reads 11 to 15.
+        batch_size: The batch of the full-context graph (the cached graphs take any batch).
+        dynamic_dims: Lengths for ``atc --dynamic_dims``; the full graph then takes any length up to block_size.
+        int8: Also write int8-weight copies of the graphs (``*.int8.onnx``).
+        tolerance: Largest allowed max abs difference of fp32 onnxruntime logits from PyTorch's.
+        atc: How to compile for Ascend; ``None`` skips atc altogether.
+        source: Where the weights came from, recorded in the manifest.
+
+    Returns:
+        The manifest.
+    """
+    if not 11 <= opset <= 17:
+        raise ValueError(f"opset={opset} is outside 11..17: atc reads 11 to 15, use 15")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    config = model.config
+    if dynamic_dims is not None:
+        dynamic_dims = sorted(set(dynamic_dims))
+        if not dynamic_dims or dynamic_dims[0] < 1 or dynamic_dims[-1] > config.block_size:
+            raise ValueError(
+                f"dynamic_dims={dynamic_dims} must be lengths between 1 and block_size={config.block_size}"
+            )
+    if len(vocab) != config.vocab_size:
+        raise ValueError(f"the vocabulary has {len(vocab)} characters but the model's vocab_size={config.vocab_size}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(model).cpu().float().eval()
+    L, nh, hs = config.n_layer, config.n_head, config.n_embd // config.n_head
+
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        with _attention_symbolic(hs, opset), torch.no_grad():
+            idx = torch.zeros(batch_size, config.block_size, dtype=torch.long)
+            axes = {"idx": {1: "seq"}, "logits": {1: "seq"}} if dynamic_dims else {}
+            _export_graph(FullContextGraph(model), (idx,), tmp / "full.onnx", ["idx"], ["logits"], axes, opset)
+            present = past_names(L, "present")
+            past = past_names(L, "past")
+            kv_axes = {n: {0: "batch", 2: "past" if n.startswith("past") else "total"} for n in past + present}
+            io_axes = {"idx": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
+            prompt = torch.zeros(1, 2, dtype=torch.long)
+            _export_graph(CachedGraph(model), (prompt,), tmp / "prefill.onnx", ["idx"], ["logits", *present],
+                          {**io_axes, **{n: kv_axes[n] for n in present}}, opset)  # fmt: skip
+            one = torch.zeros(1, 1, dtype=torch.long)
+            cache = tuple(torch.zeros(1, nh, 2, hs) for _ in past)
+            _export_graph(CachedGraph(model), (one, *cache), tmp / "decode.onnx", ["idx", *past],
+                          ["logits", *present], {**io_axes, **kv_axes}, opset)  # fmt: skip
+
+        graphs = {name: check_graph(tmp / f"{name}.onnx", opset) for name in ("full", "prefill", "decode")}
+        parity = _parity(tmp, model, batch_size, config.block_size)
+        worst = max(parity.values())
+        if worst > tolerance:
+            raise ValueError(
+                f"onnxruntime's logits differ from PyTorch's by up to {worst:.3g} (> tolerance {tolerance:g}): "
+                f"{parity}; the export was not written"
+            )
+        log.info(f"ONNX export: onnxruntime vs PyTorch fp32 logits, max abs difference {worst:.3g}")
+        if int8:
+            for name in ("full", "prefill", "decode"):
+                quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx")
+                graphs[f"{name}_int8"] = check_graph(tmp / f"{name}.int8.onnx", opset, allowed_ops=None)
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "vocab": vocab.chars,
+            "block_size": config.block_size,
+            "batch_size": batch_size,
+            "dynamic_dims": dynamic_dims,
+            "model": {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "bias")},
+            "opset": opset,
+            "exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}",
+            "source": source,
+            "max_abs_diff": parity,
+            "graphs": graphs,
+        }
+        if atc is not None:
+            run_atc(tmp, out, manifest, atc)
+        manifest["files"] = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put the finished folder ``new`` at ``target``; an old ``target`` is removed only after that worked."""
+    if target.is_file():
+        raise ValueError(f"export target {target} is a file: pass a folder path")
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+    try:
+        new.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,414 @@
+"""ONNX export, the atc step and generation from the exported graphs, on nanoGPT's baby model (CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from callbacks import OnnxExport
+from lit_nanogpt.checkpoint import import_nanogpt, load_model
+from lit_nanogpt.cli import main
+from lit_nanogpt.data import CharDataModule
+from lit_nanogpt.export import ATC_ONNX_OPS, MANIFEST, AtcOptions, export_model
+from lit_nanogpt.module import LitGPT
+from lit_nanogpt.npu.om import ais_bench_available
+from lit_nanogpt.onnx_infer import ExportedGPT, open_export, read_manifest
+from tests.conftest import NANOGPT_BABY, ROOT, TINY, run_cli
+
+EXPECTED = json.loads((NANOGPT_BABY / "expected.json").read_text())
+TOKENS_LINE = re.compile(r"^(\d+) tokens in [\d.]+ s \([\d.]+ tokens/s\)$", re.M)
+
+
+@pytest.fixture(scope="module")
+def baby(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The baby checkpoint and its export (fp32 + int8, no atc), made once for the module."""
+    tmp = tmp_path_factory.mktemp("baby_export")
+    ckpt = import_nanogpt(NANOGPT_BABY / "ckpt.pt", NANOGPT_BABY / "meta.pkl", tmp / "baby.ckpt")
+    model, vocab = load_model(ckpt)
+    export_model(model, vocab, tmp / "export", int8=True, atc=None, source=str(ckpt))
+    return ckpt, tmp / "export"
+
+
+def _copy_export(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _fake_atc(bin_dir: Path, exit_code: int = 0) -> Path:
+    """An ``atc`` that checks its arguments as CANN's would need them, records them, and writes the .om."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "atc"
+    script.write_text(
+        f"""#!{sys.executable}
+import json, sys
+import onnx
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+(__import__("pathlib").Path(sys.argv[0]).parent / "args.json").write_text(json.dumps(args))
+assert args["framework"] == "5", args
+assert args["input_format"] == "ND", args
+assert args["soc_version"].startswith("Ascend"), args
+assert args["log"] in ("debug", "info", "warning", "error", "null"), args
+assert "precision_mode" in args, args
+name, dims = args["input_shape"].split(":")
+assert name == "idx", args
+model = onnx.load(args["model"])
+assert model.opset_import[0].version <= 15
+print("ATC start working now, please wait for a moment.")
+if {exit_code}:
+    print("E19999: fake atc failure")
+    sys.exit({exit_code})
+open(args["output"] + ".om", "wb").write(b"fake om for " + args["soc_version"].encode())
+print("ATC run success, welcome to the next use.")
+"""
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
+
+
+# ---- the graphs ----
+def test_graphs_are_opset_15_with_atc_ops_only(baby: tuple[Path, Path]) -> None:
+    _, folder = baby
+    manifest = read_manifest(folder)
+    assert manifest["opset"] == 15 and manifest["block_size"] == 64
+    for name in ("full", "prefill", "decode"):
+        model = onnx.load(str(folder / f"{name}.onnx"))
+        onnx.checker.check_model(model, full_check=True)
+        assert [(o.domain, o.version) for o in model.opset_import] == [("", 15)]
+        ops = {n.op_type for n in model.graph.node}
+        assert "Trilu" not in ops and "IsNaN" not in ops
+        assert ops <= ATC_ONNX_OPS, ops - ATC_ONNX_OPS
+        assert sorted(ops) == manifest["graphs"][name]["ops"]
+    full = manifest["graphs"]["full"]
+    assert full["inputs"] == [{"name": "idx", "shape": [1, 64], "dtype": "int64"}]
+    assert full["outputs"] == [{"name": "logits", "shape": [1, 64, 65], "dtype": "float32"}]
+    decode = manifest["graphs"]["decode"]
+    assert [i["name"] for i in decode["inputs"]][:3] == ["idx", "past_key_0", "past_value_0"]
+    assert decode["inputs"][1]["shape"] == ["batch", 4, "past", 32]
+    assert len(decode["outputs"]) == 1 + 2 * 4 and decode["outputs"][1]["shape"] == ["batch", 4, "total", 32]
+    assert set(manifest["files"]) >= {"full.onnx", "prefill.onnx", "decode.onnx", "full.int8.onnx"}
+
+
+def test_onnx_logits_match_pytorch(baby: tuple[Path, Path]) -> None:
+    ckpt, folder = baby
+    model, _ = load_model(ckpt)
+    manifest = read_manifest(folder)
+    assert 0 < max(manifest["max_abs_diff"].values()) <= 1e-4
+    idx = torch.randint(65, (1, 64), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref, _ = model(idx, idx)  # (1, 64, 65): the training path, with is_causal attention
+    (logits,) = ort.InferenceSession(str(folder / "full.onnx")).run(None, {"idx": idx.numpy()})
+    assert np.abs(logits - ref.numpy()).max() <= 1e-4
+
+
+def test_kv_cache_decode_equals_full_recompute(baby: tuple[Path, Path]) -> None:
+    _, folder = baby
+    exported = ExportedGPT(folder)
+    ids = np.random.default_rng(0).integers(0, 65, size=(1, 64))
+    logits, cache = exported.prefill(ids[:, :5])
+    steps = [logits]
+    for t in range(5, 64):
+        logits, cache = exported.decode(ids[:, t : t + 1], cache)
+        steps.append(logits)
+    assert cache[0].shape == (1, 4, 64, 32)
+    for t, got in zip(range(4, 64), steps, strict=True):
+        full = exported.full(ids[:, : t + 1])  # padded to 64 on the right
+        assert np.abs(got - full).max() <= 1e-4, t
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_onnx_greedy_text_is_nanogpts(baby: tuple[Path, Path], use_cache: bool) -> None:
+    """200 tokens from 6 runs 142 past block_size=64: the sliding window must be exact."""
+    _, folder = baby
+    exported = ExportedGPT(folder)
+    idx = torch.from_numpy(exported.vocab.encode(EXPECTED["prompt"]))[None]
+    out = exported.generate(idx, 200, temperature=0.0, use_cache=use_cache)
+    assert exported.vocab.decode(out[0]) == EXPECTED["greedy"]
+
+
+def test_onnx_sampling_matches_pytorch(baby: tuple[Path, Path]) -> None:
+    ckpt, folder = baby
+    model, vocab = load_model(ckpt)
+    exported = ExportedGPT(folder)
+    idx = torch.from_numpy(vocab.encode("\n"))[None]
+    torch.manual_seed(7)
+    ref = model.generate(idx, 100, temperature=0.8, top_k=20)
+    torch.manual_seed(7)
+    got = exported.generate(idx, 100, temperature=0.8, top_k=20)
+    assert vocab.decode(got[0]) == vocab.decode(ref[0])
+
+
+def test_half_window_sees_the_documented_context(baby: tuple[Path, Path]) -> None:
+    """window='half': once the cache is full, the last block_size // 2 tokens are read again."""
+    ckpt, folder = baby
+    model, vocab = load_model(ckpt)
+    ids = vocab.encode(EXPECTED["greedy"])[:110]
+    block, keep, start = 64, 32, 6
+    losses, begin, cached = [], 0, None
+    for t in range(start, len(ids)):  # predict ids[t] from ids[begin:t]
+        if cached is not None and cached < block:
+            cached += 1
+        else:
+            begin = max(0, t - block) if cached is None else t - keep
+            cached = t - begin
+        with torch.no_grad():
+            logits, _ = model(torch.from_numpy(ids[begin:t])[None])
+        losses.append(torch.nn.functional.cross_entropy(logits[0], torch.tensor(ids[t : t + 1])).item())
+    exported = ExportedGPT(folder)
+    assert exported.nll(ids, start=start, window="half") == pytest.approx(np.mean(losses), abs=1e-5)
+    assert exported.nll(ids, start=start, window="half") != pytest.approx(exported.nll(ids, start=start), abs=1e-6)
+
+
+def test_int8_graphs_cost_little_validation_loss(baby: tuple[Path, Path]) -> None:
+    _, folder = baby
+    dm = CharDataModule(block_size=64)
+    val = dm.corpus.split("val").numpy()
+    fp32, int8 = ExportedGPT(folder), ExportedGPT(folder, int8=True)
+    windows = [val[i * 64 : i * 64 + 65] for i in range(0, 1700, 85)]  # 20 windows spread over the split
+
+    def loss(exported: ExportedGPT) -> float:
+        total = 0.0
+        for w in windows:
+            (logits,) = exported._run("full", {"idx": w[None, :64]})
+            z = logits[0].astype(np.float64)
+            total += np.mean(np.log(np.exp(z).sum(-1)) - z[np.arange(64), w[1:]])
+        return total / len(windows)
+
+    assert 1.7 < loss(fp32) < 2.1  # nanoGPT's own figure for the whole split is 1.898
+    assert abs(loss(int8) - loss(fp32)) < 0.02
+
+
+# ---- bad input ----
+def test_bad_export_folders_give_one_clear_error(baby: tuple[Path, Path], tmp_path: Path) -> None:
+    _, folder = baby
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_manifest(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        read_manifest(empty)
+    broken = _copy_export(folder, tmp_path / "broken")
+    (broken / MANIFEST).write_text("{not json")
+    with pytest.raises(ValueError, match="damaged or not a lit-nanogpt manifest"):
+        read_manifest(broken)
+    tampered = _copy_export(folder, tmp_path / "tampered")
+    with (tampered / "decode.onnx").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="decode.onnx does not match the manifest's sha256"):
+        read_manifest(tampered)
+    missing = _copy_export(folder, tmp_path / "missing")
+    (missing / "full.onnx").unlink()
+    with pytest.raises(ValueError, match="lists full.onnx but it is missing"):
+        ExportedGPT(missing)
+
+
+def test_failed_export_keeps_the_previous_one(baby: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, folder = baby
+    out = _copy_export(folder, tmp_path / "export")
+    before = (out / MANIFEST).read_text()
+    model, vocab = load_model(ckpt)
+    with pytest.raises(ValueError, match="differ from PyTorch's"):
+        export_model(model, vocab, out, int8=False, tolerance=-1.0)  # no export can pass this
+    assert (out / MANIFEST).read_text() == before
+    read_manifest(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no partial folder left
+
+
+# ---- atc ----
+@pytest.mark.parametrize("dims", [None, [16, 32, 64]])
+def test_fake_atc_compiles_the_full_graph(
+    baby: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dims: list[int] | None
+) -> None:
+    ckpt, _ = baby
+    _fake_atc(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    model, vocab = load_model(ckpt)
+    out = tmp_path / "export"
+    atc = AtcOptions(soc_version="Ascend910B", precision_mode="must_keep_origin_dtype", log="info")
+    manifest = export_model(model, vocab, out, int8=False, dynamic_dims=dims, atc=atc)
+    args = json.loads((tmp_path / "bin" / "args.json").read_text())
+    assert args["soc_version"] == "Ascend910B" and args["precision_mode"] == "must_keep_origin_dtype"
+    assert args["input_shape"] == ("idx:1,-1" if dims else "idx:1,64")
+    assert args.get("dynamic_dims") == ("16;32;64" if dims else None)
+    assert manifest["atc"]["om"] == "full_Ascend910B.om"
+    assert (out / "full_Ascend910B.om").read_bytes() == b"fake om for Ascend910B"
+    assert "ATC run success" in (out / manifest["atc"]["log"]).read_text()
+    assert manifest["atc"]["command"].startswith("atc --framework=5 --model=" + str((out / "full.onnx").resolve()))
+    assert "full_Ascend910B.om" in read_manifest(out)["files"]
+    if dims:  # the dynamic-length full graph still pads to a profile length and stays exact
+        exported = ExportedGPT(out)
+        idx = torch.from_numpy(vocab.encode(EXPECTED["prompt"]))[None]
+        assert vocab.decode(exported.generate(idx, 200, temperature=0.0)[0]) == EXPECTED["greedy"]
+
+
+def test_failing_atc_fails_clearly_and_keeps_the_previous_export(
+    baby: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt, folder = baby
+    out = _copy_export(folder, tmp_path / "export")
+    script = _fake_atc(tmp_path / "bin", exit_code=2)
+    model, vocab = load_model(ckpt)
+    with pytest.raises(ValueError, match=r"atc failed \(exit code 2\).*E19999: fake atc failure"):
+        export_model(model, vocab, out, int8=False, atc=AtcOptions(atc=str(script)))
+    assert "atc" not in read_manifest(out)  # the good export is untouched
+    assert "E19999" in (tmp_path / "export.full_Ascend310P3.atc.log").read_text()
+
+
+def test_no_atc_writes_the_command_and_goes_on(
+    baby: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ckpt, _ = baby
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    model, vocab = load_model(ckpt)
+    out = tmp_path / "export"
+    manifest = export_model(model, vocab, out, int8=False, atc=AtcOptions(soc_version="Ascend310B1"))
+    lines = (out / "atc_command.sh").read_text().splitlines()
+    assert lines == [manifest["atc"]["command"]]
+    assert lines[0] == (
+        f"atc --framework=5 --model={out.resolve()}/full.onnx --output={out.resolve()}/full_Ascend310B1 "
+        "--soc_version=Ascend310B1 --input_shape=idx:1,64 --input_format=ND "
+        "--precision_mode=allow_fp32_to_fp16 --log=error"
+    )
+    assert manifest["atc"]["om"] is None
+    warnings = [r.getMessage() for r in caplog.records if r.name == "lit_nanogpt.export"]
+    assert warnings == [f"atc is not on PATH: compile for Ascend310B1 later with {out / 'atc_command.sh'}"]
+
+
+def test_atc_tool_prints_and_runs_the_command(
+    baby: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, folder = baby
+    out = _copy_export(folder, tmp_path / "export")
+    script = _fake_atc(tmp_path / "bin")
+    spec = importlib.util.spec_from_file_location("atc_compile", ROOT / "tools" / "atc" / "compile.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([str(out), "--soc_version", "Ascend310", "--print_only", "true"]) == 0
+    assert capsys.readouterr().out == f"atc --framework=5 --model={out.resolve()}/full.onnx " + (
+        f"--output={out.resolve()}/full_Ascend310 --soc_version=Ascend310 --input_shape=idx:1,64 --input_format=ND "
+        "--precision_mode=allow_fp32_to_fp16 --log=error\n"
+    )
+    assert tool.main([str(out), "--soc_version", "Ascend310", "--atc", str(tmp_path / "nope")]) == 1
+    assert "atc " + str(tmp_path / "nope") + " does not exist" in capsys.readouterr().err
+    assert tool.main([str(out), "--atc", str(script)]) == 0
+    manifest = read_manifest(out)  # re-hashed: the .om and its log are now part of the folder
+    assert manifest["atc"]["om"] == "full_Ascend310P3.om" and "full_Ascend310P3.om" in manifest["files"]
+
+
+# ---- command line ----
+def test_cli_export_then_generate_with_onnx(
+    baby_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "export"
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no atc
+    assert main(["export", "--checkpoint", str(baby_ckpt), "--out", str(out), "--int8", "false"]) == 0
+    assert "Wrote " + str(out) in capsys.readouterr().err and (out / "atc_command.sh").is_file()
+    monkeypatch.undo()
+    done = run_cli("generate", "--onnx", str(out), "--prompt", "ROMEO:", "--max_new_tokens", "200",
+                   "--temperature", "0")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(EXPECTED["greedy"] + "\n---------------")
+    assert TOKENS_LINE.search(done.stderr).group(1) == "200"
+    long = "ROMEO:\n" * 20
+    assert main(["generate", "--onnx", str(out), "--prompt", long, "--max_new_tokens", "5", "--temperature", "0"]) == 0
+    assert (
+        "prompt has 140 characters, more than block_size=64: the model sees only the last 64" in capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "pass exactly one of --checkpoint"),
+        (["--checkpoint", "X", "--onnx", "Y"], "pass exactly one of --checkpoint"),
+        (["--onnx", "NOPE"], "export folder NOPE does not exist"),
+        (["--onnx", "EXPORT", "--prompt", "ROMEO€"], "not in the model's vocabulary: '€'"),
+        (["--onnx", "EXPORT", "--int8", "true"], "no full_int8, prefill_int8, decode_int8 graph"),
+    ],
+)
+def test_cli_generate_bad_input_is_one_line(
+    baby: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    _, folder = baby
+    fp32_only = tmp_path / "fp32"
+    fp32_only.mkdir()
+    manifest = read_manifest(folder)
+    for name in ("full", "prefill", "decode"):
+        shutil.copy(folder / f"{name}.onnx", fp32_only)
+        del manifest["graphs"][f"{name}_int8"], manifest["files"][f"{name}.int8.onnx"]
+    (fp32_only / MANIFEST).write_text(json.dumps(manifest))
+    assert main(["generate", *[str(fp32_only) if a == "EXPORT" else a for a in args]]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lit-nanogpt: error: ") and err.count("\n") == 1 and message in err
+
+
+# ---- the callback ----
+def test_callback_exports_the_best_checkpoint_at_fit_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    L.seed_everything(0)
+    dm = CharDataModule(block_size=TINY["block_size"], batch_size=4, val_batch_size=64)
+    model = LitGPT(**TINY, vocab_size=dm.vocab_size, warmup_iters=0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_top_k=1)
+    export = OnnxExport(int8=False)
+    trainer = L.Trainer(max_steps=6, val_check_interval=3, limit_val_batches=2, check_val_every_n_epoch=None,
+                        num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[checkpoint, export])  # fmt: skip
+    trainer.fit(model, dm)
+    manifest = read_manifest(tmp_path / "export")
+    assert manifest["source"] == checkpoint.best_model_path and manifest["vocab"] == dm.vocab.chars
+    assert manifest["atc"]["om"] is None and (tmp_path / "export" / "atc_command.sh").is_file()
+    best, _ = load_model(checkpoint.best_model_path)
+    idx = torch.randint(dm.vocab_size, (1, TINY["block_size"]))
+    with torch.no_grad():
+        ref, _ = best.forward_cached(idx)
+    (logits,) = ort.InferenceSession(str(tmp_path / "export" / "full.onnx")).run(None, {"idx": idx.numpy()})
+    assert np.abs(logits - ref.numpy()).max() <= 1e-4
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_enable_the_export(config: Path) -> None:
+    from lit_nanogpt.cli import LitNanoGPTCLI
+
+    callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    assert "callbacks.OnnxExport" in [c["class_path"] for c in callbacks]
+    cli = LitNanoGPTCLI(args=["--config", str(config)], run=False)
+    assert [type(c) for c in cli.trainer.callbacks].count(OnnxExport) == 1
+
+
+# ---- Ascend runtimes: gated ----
+@pytest.mark.skipif(not ais_bench_available(), reason="needs ais_bench and an Ascend NPU with CANN")
+def test_om_generation_on_ascend(baby: tuple[Path, Path], tmp_path: Path) -> None:  # pragma: no cover
+    ckpt, _ = baby
+    model, vocab = load_model(ckpt)
+    export_model(model, vocab, tmp_path / "export", int8=False, atc=AtcOptions(precision_mode="must_keep_origin_dtype"))
+    exported, backend = open_export(tmp_path / "export", backend="om")
+    idx = torch.from_numpy(vocab.encode(EXPECTED["prompt"]))[None]
+    assert backend == "om"
+    assert vocab.decode(exported.generate(idx, 200, temperature=0.0)[0]) == EXPECTED["greedy"]
+
+
+@pytest.mark.skipif(
+    "CANNExecutionProvider" not in ort.get_available_providers(),
+    reason="needs onnxruntime with the CANN execution provider and an Ascend NPU",
+)
+def test_cann_execution_provider(baby: tuple[Path, Path]) -> None:  # pragma: no cover
+    _, folder = baby
+    exported, backend = open_export(folder, backend="cann")
+    idx = torch.from_numpy(exported.vocab.encode(EXPECTED["prompt"]))[None]
+    assert backend == "cann"
+    assert exported.vocab.decode(exported.generate(idx, 200, temperature=0.0)[0]) == EXPECTED["greedy"]
