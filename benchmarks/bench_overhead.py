@@ -4,6 +4,11 @@ Both loops train the same model (the CPU recipe's unless told otherwise) on the 
 same AdamW, schedule and gradient clipping; only the loop around them differs. Run on an idle machine:
 
     python benchmarks/bench_overhead.py --steps 300 --repeats 3
+
+``--recipe`` instead runs the whole CPU recipe in the plain loop (2000 steps, full validation every
+250), the Lightning-free baseline for ``lit-nanogpt fit --config configs/shakespeare_char_cpu.yaml``:
+
+    python benchmarks/bench_overhead.py --recipe
 """
 
 from __future__ import annotations
@@ -14,23 +19,38 @@ import time
 import lightning as L
 import torch
 
-from lit_nanogpt.data import CharDataModule, RandomWindows
+from lit_nanogpt.data import CharDataModule, RandomWindows, SequentialWindows
 from lit_nanogpt.module import LitGPT
 
 CPU_RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
                   learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=2000)  # fmt: skip
 
 
-def plain_loop(dm: CharDataModule, steps: int, batch_size: int) -> float:
-    """Seconds per step of a hand-written loop: nanoGPT's train.py inner loop without its logging."""
-    torch.manual_seed(1337)
+@torch.no_grad()
+def full_val_loss(model: torch.nn.Module, dm: CharDataModule) -> float:
+    """Mean loss over every token of every validation window, as LitGPT's val_loss."""
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in SequentialWindows(dm.val_data, CPU_RECIPE["block_size"], 256):
+        _, loss = model(x, y)
+        total += loss.item() * y.numel()
+        count += y.numel()
+    model.train()
+    return total / count
+
+
+def plain_loop(dm: CharDataModule, steps: int, batch_size: int, val_every: int = 0) -> tuple[float, list[float]]:
+    """Seconds per step of a hand-written loop (nanoGPT's train.py inner loop) and the val losses it saw."""
+    torch.manual_seed(1337)  # what seed_everything(1337) does for torch
     module = LitGPT(**CPU_RECIPE)
     model = module.model.train()
     opt = module.configure_optimizers()
     optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
     batches = iter(RandomWindows(dm.train_data, CPU_RECIPE["block_size"], batch_size))
-    for step in range(steps + 10):
-        if step == 10:  # warm-up steps excluded
+    warmup = 0 if val_every else 10  # steps excluded from the per-step timing
+    val_losses = []
+    for step in range(steps + warmup):
+        if step == warmup:
             start = time.perf_counter()
         x, y = next(batches)
         _, loss = model(x, y)
@@ -40,7 +60,9 @@ def plain_loop(dm: CharDataModule, steps: int, batch_size: int) -> float:
         optimizer.step()
         scheduler.step()
         loss.item()  # what logging the loss costs (a sync on accelerators)
-    return (time.perf_counter() - start) / steps
+        if val_every and (step + 1) % val_every == 0:
+            val_losses.append(full_val_loss(model, dm))
+    return (time.perf_counter() - start) / steps, val_losses
 
 
 class StepTimer(L.Callback):
@@ -78,12 +100,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=12)
+    parser.add_argument("--recipe", action="store_true", help="the whole CPU recipe in the plain loop")
     args = parser.parse_args()
     dm = CharDataModule(block_size=CPU_RECIPE["block_size"], batch_size=args.batch_size)
     dm.setup("fit")
+    if args.recipe:
+        start = time.perf_counter()
+        _, val_losses = plain_loop(dm, 2000, args.batch_size, val_every=250)
+        print(f"plain PyTorch loop, CPU recipe: best val_loss {min(val_losses):.4f} "
+              f"(every 250 steps: {', '.join(f'{v:.4f}' for v in val_losses)}), "
+              f"{time.perf_counter() - start:.1f} s for training and validation")  # fmt: skip
+        return
     plain, lit = [], []
     for _ in range(args.repeats):  # interleaved, best of each, so load changes hit both alike
-        plain.append(plain_loop(dm, args.steps, args.batch_size))
+        plain.append(plain_loop(dm, args.steps, args.batch_size)[0])
         lit.append(lightning_loop(dm, args.steps))
     p, q = min(plain), min(lit)
     b = batch_time(dm, args.batch_size)
