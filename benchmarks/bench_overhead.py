@@ -14,6 +14,7 @@ same AdamW, schedule and gradient clipping; only the loop around them differs. R
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import lightning as L
@@ -112,15 +113,17 @@ def main() -> None:
               f"{time.perf_counter() - start:.1f} s for training and validation")  # fmt: skip
         return
     plain, lit = [], []
-    for _ in range(args.repeats):  # interleaved, best of each, so load changes hit both alike
+    for _ in range(args.repeats):  # interleaved pairs, so a change of load hits both alike
         plain.append(plain_loop(dm, args.steps, args.batch_size)[0])
         lit.append(lightning_loop(dm, args.steps))
-    p, q = min(plain), min(lit)
+    ratios = sorted(q / p for p, q in zip(plain, lit, strict=True))
+    p, q = statistics.median(plain), statistics.median(lit)
     b = batch_time(dm, args.batch_size)
-    print(f"torch threads: {torch.get_num_threads()}, steps: {args.steps}, best of {args.repeats}")
-    print(f"plain PyTorch loop : {p * 1e3:.2f} ms/step")
-    print(f"Lightning Trainer  : {q * 1e3:.2f} ms/step")
-    print(f"Lightning overhead : {(q - p) * 1e3:+.2f} ms/step ({(q / p - 1) * 100:+.1f}%)")
+    print(f"torch threads: {torch.get_num_threads()}, steps: {args.steps}, {args.repeats} interleaved pairs")
+    print(f"plain PyTorch loop : median {p * 1e3:.2f} ms/step (runs: {', '.join(f'{x * 1e3:.1f}' for x in plain)})")
+    print(f"Lightning Trainer  : median {q * 1e3:.2f} ms/step (runs: {', '.join(f'{x * 1e3:.1f}' for x in lit)})")
+    print(f"Lightning overhead : median of pairs {(statistics.median(ratios) - 1) * 100:+.1f}% "
+          f"(pairs from {(ratios[0] - 1) * 100:+.1f}% to {(ratios[-1] - 1) * 100:+.1f}%)")  # fmt: skip
     print(f"batch production   : {b * 1e6:.1f} us/batch ({b / q * 100:.2f}% of a Lightning step)")
 
 

@@ -70,7 +70,7 @@ def _session(path: Path, providers: list[str], threads: int | None):
     if threads:
         options.intra_op_num_threads = threads
     # Spinning worker threads wait for work by burning a core; on a shared or busy CPU that halves
-    # the speed of batch-1 decoding (measured in benchmarks/export.md).
+    # the speed of batch-1 decoding (measured in BENCHMARKS.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=providers)
 
