@@ -243,19 +243,19 @@ def _quiet_lightning() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _quiet_lightning()
+    own = {"generate": generate, "import-nanogpt": import_nanogpt_command, "export": export_command}
     try:
-        if args[:1] == ["generate"]:
-            auto_cli(generate, args=args[1:], as_positional=False, prog=f"{PROG} generate")
-        elif args[:1] == ["import-nanogpt"]:
-            auto_cli(import_nanogpt_command, args=args[1:], as_positional=False, prog=f"{PROG} import-nanogpt")
-        elif args[:1] == ["export"]:
-            auto_cli(export_command, args=args[1:], as_positional=False, prog=f"{PROG} export")
+        if args[:1] and args[0] in own:
+            auto_cli(own[args[0]], args=args[1:], as_positional=False, prog=f"{PROG} {args[0]}")
         else:
             LitNanoGPTCLI(args=argv)
     except (ValueError, FileNotFoundError) as e:
         if os.environ.get("LIT_NANOGPT_DEBUG"):
             raise
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `lit-nanogpt generate ... | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 0
 
