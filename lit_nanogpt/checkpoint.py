@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import os
 import pickle
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 
 from lit_nanogpt.data import Vocabulary
 from lit_nanogpt.model import GPT, GPTConfig
@@ -96,7 +99,11 @@ def import_nanogpt(ckpt_path: str | Path, meta_path: str | Path, out: str | Path
     vocab = Vocabulary(chars)
     if vocab.chars != "".join(sorted(chars)):
         raise ValueError(f"{meta_path}: its characters are not in sorted order, so it is not a char-level meta.pkl")
-    config = GPTConfig(**{k: args[k] for k in ARCH_KEYS})
+    # Older nanoGPT checkpoints lack some keys (e.g. dropout, bias): nanoGPT's own defaults apply.
+    args = {k: args.get(k, getattr(GPTConfig, k)) for k in ARCH_KEYS}
+    if "bias" not in src["model_args"]:
+        args["bias"] = any(k.endswith("ln_f.bias") for k in src["model"])
+    config = GPTConfig(**args)
     state = {k.removeprefix(_ORIG_MOD): v for k, v in src["model"].items()}
     # nanoGPT without flash attention keeps its causal mask as a buffer named attn.bias: not a weight.
     state = {k: v for k, v in state.items() if not (k.endswith(".attn.bias") and v.dim() == 4)}
@@ -124,8 +131,25 @@ def import_nanogpt(ckpt_path: str | Path, meta_path: str | Path, out: str | Path
         "vocab": vocab.chars,
         "nanogpt": {"iter_num": int(src.get("iter_num", 0)), "best_val_loss": float(src.get("best_val_loss", "nan"))},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(out)
+    AtomicCheckpointIO().save_checkpoint(checkpoint, out)
     return out
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into a temporary file beside the target, then ``os.replace``: all or nothing.
+
+    Lightning's own save goes through fsspec, whose temporary file lives in the system temp folder;
+    across filesystems its final move is a copy onto the old checkpoint, which a crash can truncate.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise

@@ -14,15 +14,17 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from jsonargparse import auto_cli
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.samples import SEPARATOR, SampleWriter
-from lit_nanogpt.checkpoint import import_nanogpt, load_model, read_checkpoint
-from lit_nanogpt.data import CharDataModule
+from lit_nanogpt.checkpoint import AtomicCheckpointIO, import_nanogpt, load_model, read_checkpoint
+from lit_nanogpt.data import CharDataModule, read_corpus
 from lit_nanogpt.loggers import LoggedConfig
 from lit_nanogpt.module import LitGPT, generate_text, validate_sampling
 from lit_nanogpt.npu import npu_trainer_flags
+from lit_nanogpt.npu.runtime import npu_module
 
 PROG = "lit-nanogpt"
 EXTRA_COMMANDS = {
@@ -57,7 +59,10 @@ class LitNanoGPTCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """Lightning's, plus the NPU strategy and precision plugin that Lightning 2.6 cannot pick itself."""
         configured = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        return super().instantiate_trainer(**{**kwargs, **npu_trainer_flags(configured)})
+        trainer = super().instantiate_trainer(**{**kwargs, **npu_trainer_flags(configured)})
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         """Take the model from the checkpoint, and the data settings the user left at their defaults.
@@ -72,6 +77,11 @@ class LitNanoGPTCLI(LightningCLI):
         if not ckpt_path or str(ckpt_path) in _SPECIAL_CKPT_PATHS:
             return
         ckpt = read_checkpoint(ckpt_path)
+        if subcommand == "fit" and "optimizer_states" not in ckpt:
+            raise ValueError(
+                f"{ckpt_path} holds weights only (no optimizer state), so fit cannot resume from it: use it with "
+                "validate, test, predict or generate"
+            )
         links = {"vocab_size", "_instantiator", "_class_path"}
         model = {k: v for k, v in ckpt["hyper_parameters"].items() if k not in links}
         defaults = self._subcommand_parsers[subcommand].get_defaults()["data"]
@@ -96,6 +106,20 @@ class LitNanoGPTCLI(LightningCLI):
             score = callback.best_model_score
             shown = f"{callback.monitor}={score:.4f}" if score is not None else "no score"
             print(f"Best checkpoint: {callback.best_model_path} ({shown})", flush=True)
+
+
+def torch_device(name: str) -> torch.device:
+    """``name`` as a device this process can use, or a ``ValueError`` saying what is missing."""
+    if name.startswith("npu"):
+        npu_module(f"--device {name}")  # imports torch_npu, which makes "npu" a device type
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: use cpu, cuda, cuda:1, npu or npu:1") from None
+    module = getattr(torch, device.type, None)
+    if device.type != "cpu" and not (module is not None and module.is_available()):
+        raise ValueError(f"--device {name}: no {device.type} device is available here; use --device cpu")
+    return device
 
 
 def generate(
@@ -141,8 +165,7 @@ def generate(
     if onnx is None and (int8 or window != "exact" or backend != "auto"):
         raise ValueError("--int8, --window and --backend apply to --onnx EXPORT_DIR only")
     if prompt.startswith("FILE:"):
-        with open(prompt[5:], encoding="utf-8") as f:
-            prompt = f.read()
+        prompt, _ = read_corpus(Path(prompt[5:]), what="prompt file")
     if onnx is not None:
         from lit_nanogpt.onnx_infer import open_export
 
@@ -150,7 +173,7 @@ def generate(
         vocab, block_size = exported.vocab, exported.block_size
     else:
         model, vocab = load_model(checkpoint)
-        model.to(device)
+        model.to(torch_device(device))
         block_size = model.config.block_size
     if missing := vocab.unknown(prompt):
         raise ValueError(f"prompt has characters not in the model's vocabulary: {''.join(missing)!r}; remove them")
@@ -256,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BrokenPipeError:  # `lit-nanogpt generate ... | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 0
     return 0
 
 

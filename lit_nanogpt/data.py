@@ -71,13 +71,14 @@ class Vocabulary:
         return "".join(self.chars[i] for i in ids)
 
 
-def read_corpus(path: Path) -> tuple[str, str]:
-    """Text and sha256 of a UTF-8 corpus, with one clear error for each way it can be unusable."""
+def read_corpus(path: Path, what: str = "corpus") -> tuple[str, str]:
+    """Text and sha256 of a UTF-8 text file, with one clear error for each way it can be unusable."""
     if not path.is_file():
-        raise FileNotFoundError(f"corpus {path} does not exist: pass --data.data_path with a UTF-8 text file")
+        hint = "pass --data.data_path with a UTF-8 text file" if what == "corpus" else "check the path"
+        raise FileNotFoundError(f"{what} {path} does not exist or is not a file: {hint}")
     raw = path.read_bytes()
     if not raw:
-        raise ValueError(f"corpus {path} is empty: pass a UTF-8 text file with some text in it")
+        raise ValueError(f"{what} {path} is empty: pass a UTF-8 text file with some text in it")
     sha = hashlib.sha256(raw).hexdigest()
     if path.resolve() == SHIPPED_CORPUS.resolve() and sha != SHIPPED_SHA256:
         raise ValueError(f"shipped corpus {path} has sha256 {sha}, not {SHIPPED_SHA256}: reinstall lit_nanogpt")
@@ -85,7 +86,7 @@ def read_corpus(path: Path) -> tuple[str, str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(
-            f"corpus {path} is not UTF-8 (byte {e.start}: {raw[e.start : e.start + 1]!r}): convert it, "
+            f"{what} {path} is not UTF-8 (byte {e.start}: {raw[e.start : e.start + 1]!r}): convert it, "
             f"e.g. iconv -f LATIN1 -t UTF-8"
         ) from None
     return text, sha

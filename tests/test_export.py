@@ -107,7 +107,7 @@ def test_onnx_logits_match_pytorch(baby: tuple[Path, Path]) -> None:
     ckpt, folder = baby
     model, _ = load_model(ckpt)
     manifest = read_manifest(folder)
-    assert 0 < max(manifest["max_abs_diff"].values()) <= 1e-4
+    assert 0 <= max(manifest["max_abs_diff"].values()) <= 1e-4
     idx = torch.randint(65, (1, 64), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref, _ = model(idx, idx)  # (1, 64, 65): the training path, with is_causal attention
