@@ -17,7 +17,8 @@ class SampleWriter(BasePredictionWriter):
         """Print each sample as nanoGPT's ``sample.py`` does, prompt first, then a separator line.
 
         Args:
-            output: Also append every sample as one JSON line (prompt, sample, settings, text) here.
+            output: Also append every sample as one JSON line (prompt, sample, settings, text) here;
+                with several devices each rank writes ``<stem>.rank<N><suffix>``.
             quiet: Do not print the samples.
         """
         super().__init__(write_interval="batch")
@@ -34,12 +35,14 @@ class SampleWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not trainer.is_global_zero:
-            return
+        # Each rank samples its own share of the prompts, so each rank writes what it made.
         if not self.quiet:
             print(prediction["text"])
             print(SEPARATOR, flush=True)
         if self.output is not None:
-            self.output.parent.mkdir(parents=True, exist_ok=True)
-            with self.output.open("a", encoding="utf-8") as f:
+            output = self.output
+            if trainer.world_size > 1:
+                output = output.with_name(f"{output.stem}.rank{trainer.global_rank}{output.suffix}")
+            output.parent.mkdir(parents=True, exist_ok=True)
+            with output.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(prediction, ensure_ascii=False) + "\n")

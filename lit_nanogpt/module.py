@@ -99,13 +99,26 @@ class LitGPT(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
+    def _logging_step(self) -> bool:
+        # Only on logging steps: timing (and synchronising) every step would itself cost time.
+        # The same test Lightning's LearningRateMonitor makes, true from batch start to batch end.
+        return self.trainer._logger_connector.should_update_logs
+
+    def _synchronize(self) -> None:
+        # GPU/NPU work is queued: without a sync the timer would measure the queueing, not the step.
+        sync = getattr(torch.get_device_module(self.device), "synchronize", None)
+        if self.device.type != "cpu" and callable(sync):
+            sync(self.device)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._step_start = time.perf_counter()
-        self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        if self._logging_step():
+            self._synchronize()
+            self._step_start = time.perf_counter()
+            self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Only on logging steps: logging every step would itself cost time on small models.
-        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+        if self._logging_step():
+            self._synchronize()
             tokens = batch[0].numel() * self.trainer.world_size
             self.log("tokens_per_s", tokens / (time.perf_counter() - self._step_start))
             self.log("lr", self._step_lr)
