@@ -85,6 +85,7 @@ class ExportedGPT:
         providers: list[str] | None = None,
         threads: int | None = None,
         full_runner: Callable[[np.ndarray], np.ndarray] | None = None,
+        manifest: dict[str, Any] | None = None,
     ) -> None:
         """Open the graphs of ``folder``.
 
@@ -95,9 +96,10 @@ class ExportedGPT:
             threads: onnxruntime intra-op threads; default one for decode, one per core for the others.
             full_runner: Runs the full-context graph instead of onnxruntime (e.g. an ``.om`` on Ascend);
                 it takes ``idx`` (B, T) int64 and returns logits (B, T, V). Generation then uses no cache.
+            manifest: ``read_manifest(folder)`` when the caller has it already (it hashes every file).
         """
         self.folder = Path(folder)
-        self.manifest = read_manifest(self.folder)
+        self.manifest = manifest if manifest is not None else read_manifest(self.folder)
         self.vocab = Vocabulary(self.manifest["vocab"])
         self.block_size = int(self.manifest["block_size"])
         self.n_layer = int(self.manifest["model"]["n_layer"])
@@ -234,7 +236,7 @@ def open_export(folder: str | Path, int8: bool = False, backend: str = "auto") -
         except ImportError:  # a build without the Ascend subpackage
             ais_bench_available = lambda: False  # noqa: E731
         if om and ais_bench_available():
-            return ExportedGPT(folder, int8=False, full_runner=om_runner(Path(folder) / om)), "om"
+            return ExportedGPT(folder, False, full_runner=om_runner(Path(folder) / om), manifest=manifest), "om"
         if backend == "om":
             why = "it has no .om (atc did not run)" if not om else "ais_bench is not installed"
             raise ValueError(f"backend=om cannot run {folder}: {why}; use --backend cpu")
@@ -242,7 +244,8 @@ def open_export(folder: str | Path, int8: bool = False, backend: str = "auto") -
         import onnxruntime as ort
 
         if "CANNExecutionProvider" in ort.get_available_providers():
-            return ExportedGPT(folder, int8, providers=["CANNExecutionProvider", "CPUExecutionProvider"]), "cann"
+            cann = ["CANNExecutionProvider", "CPUExecutionProvider"]
+            return ExportedGPT(folder, int8, providers=cann, manifest=manifest), "cann"
         if backend == "cann":
             raise ValueError("backend=cann needs onnxruntime built with the CANN execution provider (onnxruntime-cann)")
-    return ExportedGPT(folder, int8), "cpu"
+    return ExportedGPT(folder, int8, manifest=manifest), "cpu"
