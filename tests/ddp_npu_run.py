@@ -54,6 +54,9 @@ def main(out: Path, device: str = "cpu") -> None:
         torch.save({"ranks": gathered, "initial": initial, "world_size": trainer.world_size,
                     "backend": trainer.strategy.process_group_backend, "val_loss": val_loss},
                    out / "params.pt")  # fmt: skip
+    # Leave no gloo/hccl threads for interpreter shutdown to trip over ("terminate called ...").
+    trainer.strategy.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
