@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from callbacks.samples import SEPARATOR, SampleWriter
 from lit_nanogpt.checkpoint import AtomicCheckpointIO, import_nanogpt, load_model, read_checkpoint
 from lit_nanogpt.data import CharDataModule, read_corpus
-from lit_nanogpt.loggers import LoggedConfig
+from lit_nanogpt.loggers import AutoWandbLogger, LoggedConfig
 from lit_nanogpt.module import LitGPT, generate_text, validate_sampling
 from lit_nanogpt.npu import npu_trainer_flags
 from lit_nanogpt.npu.runtime import npu_module
@@ -62,6 +62,9 @@ class LitNanoGPTCLI(LightningCLI):
         trainer = super().instantiate_trainer(**{**kwargs, **npu_trainer_flags(configured)})
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        for logger in trainer.loggers:
+            if isinstance(logger, AutoWandbLogger):
+                logger.follow_trainer(trainer)
         return trainer
 
     def _parse_ckpt_path(self) -> None:

@@ -74,7 +74,7 @@ class AutoWandbLogger(WandbLogger):
         self,
         project: str | None = None,
         name: str | None = None,
-        save_dir: str = ".",
+        save_dir: str | None = None,
         mode: str | None = None,
         log_model: bool | Literal["all"] = False,
         **kwargs: Any,
@@ -85,8 +85,9 @@ class AutoWandbLogger(WandbLogger):
             project: W&B project; default ``$WANDB_PROJECT``, else ``lit-nanogpt``.
             name: Display name of the run; default W&B's generated one.
             save_dir: Folder that receives W&B's ``wandb/`` run folders, Lightning's ``config.yaml`` and
-                the loss curve. ``$WANDB_DIR`` wins when set, so CI can send every recipe's runs to a
-                scratch folder (Lightning's own logger always passes a folder, so wandb ignores it).
+                the loss curve; default the Trainer's ``default_root_dir`` (set by ``LitNanoGPTCLI``; the
+                current folder otherwise). ``$WANDB_DIR`` wins when set, so CI can send every recipe's
+                runs to a scratch folder (Lightning's own logger always passes a folder, so wandb ignores it).
             mode: ``online``, ``offline`` or ``disabled``; default ``$WANDB_MODE``, else online when
                 ``WANDB_API_KEY`` or ``wandb login`` gives a login, else offline.
             log_model: Upload checkpoints as W&B ``model`` artifacts: ``True`` at the end of ``fit``,
@@ -96,17 +97,23 @@ class AutoWandbLogger(WandbLogger):
         # WandbLogger's own spellings of the same settings, which the CLI also offers.
         if kwargs.pop("offline", False):
             mode = mode or "offline"
-        save_dir = kwargs.pop("dir", None) or save_dir
+        save_dir = os.environ.get("WANDB_DIR") or kwargs.pop("dir", None) or save_dir
+        self._follows_trainer = save_dir is None
         self.mode = resolve_wandb_mode(mode)
         self._sync_hint_shown = False
         super().__init__(
             name=name,
-            save_dir=os.environ.get("WANDB_DIR") or save_dir,
+            save_dir=save_dir or ".",
             project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             log_model=log_model,
             mode=self.mode,
             **kwargs,
         )
+
+    def follow_trainer(self, trainer: L.Trainer) -> None:
+        """Use ``trainer.default_root_dir`` as ``save_dir`` when none was given, so one setting moves the whole run."""
+        if self._follows_trainer and self._experiment is None:
+            self._save_dir = self._wandb_init["dir"] = str(trainer.default_root_dir)
 
     @property
     def run_dir(self) -> Path | None:
