@@ -307,6 +307,14 @@ def test_atc_tool_prints_and_runs_the_command(
     assert tool.main([str(out), "--atc", str(script)]) == 0
     manifest = read_manifest(out)  # re-hashed: the .om and its log are now part of the folder
     assert manifest["atc"]["om"] == "full_Ascend310P3.om" and "full_Ascend310P3.om" in manifest["files"]
+    # A failing recompile leaves that compiled folder exactly as it was, and no staging folder behind.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    failing = _fake_atc(tmp_path / "bin2", exit_code=2)
+    assert tool.main([str(out), "--atc", str(failing)]) == 1
+    assert "atc failed (exit code 2)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    read_manifest(out)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]
 
 
 # ---- command line ----

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from jsonargparse import auto_cli
@@ -48,11 +50,22 @@ def compile_om(
         return
     if options.executable() is None:
         raise FileNotFoundError("atc is not on PATH: source CANN's set_env.sh (see tools/atc/README.md) or pass --atc")
-    run_atc(path, path, manifest, options)
-    manifest["files"] = {p.name: sha256(p) for p in sorted(path.iterdir()) if p.is_file() and p.name != MANIFEST}
-    tmp = path / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path / MANIFEST)
+    # Compile in a copy beside the folder and swap it in only when atc succeeded, so a failed or
+    # interrupted compile leaves the export (graphs, manifest, any earlier .om) exactly as it was.
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.atc."))
+    try:
+        shutil.copytree(path, staging, dirs_exist_ok=True)
+        run_atc(staging, path, manifest, options)
+        files = sorted(p for p in staging.iterdir() if p.is_file() and p.name != MANIFEST)
+        manifest["files"] = {p.name: sha256(p) for p in files}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        old = path.with_name(f".{path.name}.old")
+        path.rename(old)
+        staging.rename(path)
+        shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     print(f"Wrote {path / manifest['atc']['om']} (log: {path / manifest['atc']['log']})", file=sys.stderr)
 
 
