@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nanogpt.checkpoint import load_model
+from lit_nanogpt.data import Vocabulary
 from lit_nanogpt.export import DEFAULT_OPSET, AtcOptions, export_model
+from lit_nanogpt.model import GPT
 
 
 class OnnxExport(Callback):
@@ -68,11 +71,15 @@ class OnnxExport(Callback):
             if pl_module.vocab is None:
                 raise ValueError("the model has no vocabulary to export: train it with CharDataModule")
             model, vocab, source = pl_module.model, pl_module.vocab, f"final weights, step {trainer.global_step}"
-        manifest = export_model(model, vocab, out, opset=self.opset, batch_size=self.batch_size,
-                                dynamic_dims=self.dynamic_dims, int8=self.int8, tolerance=self.tolerance,
-                                atc=self.atc, source=source)  # fmt: skip
+        manifest = self.export(model, vocab, out, source)
         worst = max(manifest["max_abs_diff"].values())
         rank_zero_info(f"Exported {source} to {out} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})")
         for logger in trainer.loggers:
             logger.log_metrics({"export/max_abs_diff": worst}, step=trainer.global_step)
         self.last_manifest = manifest
+
+    def export(self, model: GPT, vocab: Vocabulary, out: str | Path, source: str) -> dict[str, Any]:
+        """Export ``model`` to ``out`` with this callback's settings; ``lit-nanogpt export`` uses it too."""
+        return export_model(model, vocab, out, opset=self.opset, batch_size=self.batch_size,
+                            dynamic_dims=self.dynamic_dims, int8=self.int8, tolerance=self.tolerance,
+                            atc=self.atc, source=source)  # fmt: skip

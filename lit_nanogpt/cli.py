@@ -214,42 +214,30 @@ def import_nanogpt_command(ckpt: str, meta: str, out: str) -> None:
     print(f"Wrote {path}", file=sys.stderr)
 
 
-def export_command(
-    checkpoint: str,
-    out: str,
-    opset: int = 15,
-    batch_size: int = 1,
-    dynamic_dims: list[int] | None = None,
-    int8: bool = True,
-    soc_version: str = "Ascend310P3",
-    precision_mode: str = "allow_fp32_to_fp16",
-    atc: str | None = None,
-    atc_log: str = "error",
-    compile: bool = True,
-) -> None:
-    """Export a lit-nanogpt checkpoint to an ONNX folder, and compile it with atc when atc is installed.
+def export_command(args: list[str]) -> None:
+    """``lit-nanogpt export --checkpoint X.ckpt --out DIR [OnnxExport's settings]``.
 
-    Args:
-        checkpoint: A checkpoint written by ``fit`` or ``import-nanogpt``.
-        out: The export folder; replaced only once the new export is complete.
-        opset: ONNX opset; CANN's atc reads 11 to 15.
-        batch_size: Batch of the full-context graph that atc compiles.
-        dynamic_dims: Sequence lengths for ``atc --dynamic_dims`` (e.g. ``[64,128,256]``); default a fixed block_size.
-        int8: Also write int8-weight graphs for fast CPU inference.
-        soc_version: atc's ``--soc_version``: Ascend310, Ascend310P3, Ascend310B1, Ascend910B, ...
-        precision_mode: atc's ``--precision_mode``.
-        atc: Path of the ``atc`` executable; default the one on PATH.
-        atc_log: atc's ``--log`` level.
-        compile: Run atc when found; ``false`` only writes the command to run later.
+    The settings are the fit-end export callback's own (``callbacks.OnnxExport``), so they are
+    defined once and the same names work in a config's callback entry and on this command line.
     """
-    from lit_nanogpt.export import AtcOptions, export_model
+    from jsonargparse import ArgumentParser
 
-    model, vocab = load_model(checkpoint)
-    options = AtcOptions(soc_version=soc_version, precision_mode=precision_mode, log=atc_log, atc=atc, enabled=compile)
-    manifest = export_model(model, vocab, out, opset=opset, batch_size=batch_size, dynamic_dims=dynamic_dims,
-                            int8=int8, atc=options, source=str(checkpoint))  # fmt: skip
+    from callbacks.export import OnnxExport
+
+    parser = ArgumentParser(prog=f"{PROG} export", description="Export a lit-nanogpt checkpoint to an ONNX folder, "
+                            "and compile it with atc when atc is installed.")  # fmt: skip
+    parser.add_argument("--checkpoint", required=True, help="A checkpoint written by fit or import-nanogpt.")
+    parser.add_argument(
+        "--out", required=True, help="The export folder; replaced only once the new export is complete."
+    )
+    skip = {"dirpath", "weights"}  # where and what the callback exports at fit end: given here by the two above
+    settings = parser.add_class_arguments(OnnxExport, None, skip=skip)  # the names of the added options
+    cfg = parser.parse_args(args)
+    model, vocab = load_model(cfg.checkpoint)
+    callback = OnnxExport(**{name: cfg[name] for name in settings})
+    manifest = callback.export(model, vocab, cfg.out, source=str(cfg.checkpoint))
     worst = max(manifest["max_abs_diff"].values())
-    print(f"Wrote {out} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})", file=sys.stderr)
+    print(f"Wrote {cfg.out} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})", file=sys.stderr)
 
 
 def _quiet_lightning() -> None:
@@ -269,9 +257,11 @@ def _quiet_lightning() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _quiet_lightning()
-    own = {"generate": generate, "import-nanogpt": import_nanogpt_command, "export": export_command}
+    own = {"generate": generate, "import-nanogpt": import_nanogpt_command}
     try:
-        if args[:1] and args[0] in own:
+        if args[:1] == ["export"]:
+            export_command(args[1:])
+        elif args[:1] and args[0] in own:
             auto_cli(own[args[0]], args=args[1:], as_positional=False, prog=f"{PROG} {args[0]}")
         else:
             LitNanoGPTCLI(args=argv)
