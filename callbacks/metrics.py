@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nanogpt.model import GPT
+from lit_nanogpt.module import synchronize
 
 # Dense fp16/bf16 peak FLOP/s of one device, the denominator nanoGPT's estimate_mfu uses (A100: 312e12),
 # matched as a substring of the device name; the first match wins, so specific names come first.
@@ -79,12 +80,6 @@ def run_environment(trainer: L.Trainer) -> dict[str, Any]:
     }
 
 
-def _synchronize(device: torch.device) -> None:
-    sync = getattr(torch.get_device_module(device), "synchronize", None)
-    if callable(sync):
-        sync(device)
-
-
 class TrainingMetrics(Callback):
     def __init__(self, peak_flops: float | None = None) -> None:
         """Log ``grad_norm`` and ``mfu`` on the Trainer's logging steps, and the run's environment once.
@@ -123,7 +118,7 @@ class TrainingMetrics(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self._peak is not None and self._logging(trainer):
-            _synchronize(pl_module.device)
+            synchronize(pl_module.device)
             self._start = time.perf_counter()
 
     def on_before_optimizer_step(
@@ -140,7 +135,7 @@ class TrainingMetrics(Callback):
     ) -> None:
         if self._peak is None or not self._logging(trainer):
             return
-        _synchronize(pl_module.device)
+        synchronize(pl_module.device)
         seconds = time.perf_counter() - self._start
         x = batch[0]  # (B, T) on this device
         flops = flops_per_token(pl_module.model, x.shape[1]) * x.numel()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import inspect
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from lit_nanogpt.data import Vocabulary
+from lit_nanogpt.data import Vocabulary, atomic_open
 from lit_nanogpt.model import GPT, GPTConfig
 from lit_nanogpt.module import LitGPT
 
@@ -143,13 +141,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_open(Path(path)) as f:
+            torch.save(checkpoint, f)

@@ -26,6 +26,13 @@ def nanogpt_lr(step: int, learning_rate: float, min_lr: float, warmup_iters: int
     return min_lr + coeff * (learning_rate - min_lr)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a timer measures the work and not its queueing (CPU: no-op)."""
+    sync = getattr(torch.get_device_module(device), "synchronize", None)
+    if device.type != "cpu" and callable(sync):
+        sync(device)
+
+
 class LitGPT(L.LightningModule):
     def __init__(
         self,
@@ -104,21 +111,15 @@ class LitGPT(L.LightningModule):
         # The same test Lightning's LearningRateMonitor makes, true from batch start to batch end.
         return self.trainer._logger_connector.should_update_logs
 
-    def _synchronize(self) -> None:
-        # GPU/NPU work is queued: without a sync the timer would measure the queueing, not the step.
-        sync = getattr(torch.get_device_module(self.device), "synchronize", None)
-        if self.device.type != "cpu" and callable(sync):
-            sync(self.device)
-
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._logging_step():
-            self._synchronize()
+            synchronize(self.device)
             self._step_start = time.perf_counter()
             self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._logging_step():
-            self._synchronize()
+            synchronize(self.device)
             tokens = batch[0].numel() * self.trainer.world_size
             self.log("tokens_per_s", tokens / (time.perf_counter() - self._step_start))
             self.log("lr", self._step_lr)

@@ -248,7 +248,7 @@ def test_nothing_extra_on_steps_that_do_not_log(tmp_path: Path, monkeypatch: pyt
     import callbacks.metrics as metrics
 
     calls = {"norm": 0, "sync": 0}
-    real_norm, real_sync = metrics.total_grad_norm, metrics._synchronize
+    real_norm, real_sync = metrics.total_grad_norm, metrics.synchronize
 
     def count(name: str, fn: Any) -> Any:
         def wrapped(*args: Any) -> Any:
@@ -258,7 +258,7 @@ def test_nothing_extra_on_steps_that_do_not_log(tmp_path: Path, monkeypatch: pyt
         return wrapped
 
     monkeypatch.setattr(metrics, "total_grad_norm", count("norm", real_norm))
-    monkeypatch.setattr(metrics, "_synchronize", count("sync", real_sync))
+    monkeypatch.setattr(metrics, "synchronize", count("sync", real_sync))
     monkeypatch.chdir(tmp_path)
     args = ["fit", "--config", str(tiny_recipe(tmp_path)), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
             "--trainer.logger.save_dir", str(tmp_path), "--trainer.max_steps", "6", "--trainer.log_every_n_steps", "3",
