@@ -15,10 +15,10 @@ from collections import defaultdict
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
+from lit_nanogpt.callbacks.loss_curve import LossCurve
+from lit_nanogpt.callbacks.metrics import TrainingMetrics
+from lit_nanogpt.callbacks.validation_samples import ValidationSamples
 
-from callbacks.loss_curve import LossCurve
-from callbacks.metrics import TrainingMetrics
-from callbacks.validation_samples import ValidationSamples
 from lit_nanogpt import CharDataModule, LitGPT
 
 HOOKS = ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end")

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from callbacks.samples import SEPARATOR, SampleWriter
+from lit_nanogpt.callbacks.samples import SEPARATOR, SampleWriter
 from lit_nanogpt.checkpoint import AtomicCheckpointIO, import_nanogpt, load_model, read_checkpoint
 from lit_nanogpt.data import CharDataModule, read_corpus
 from lit_nanogpt.loggers import AutoWandbLogger, LoggedConfig
@@ -217,12 +218,12 @@ def import_nanogpt_command(ckpt: str, meta: str, out: str) -> None:
 def export_command(args: list[str]) -> None:
     """``lit-nanogpt export --checkpoint X.ckpt --out DIR [OnnxExport's settings]``.
 
-    The settings are the fit-end export callback's own (``callbacks.OnnxExport``), so they are
+    The settings are the fit-end export callback's own (``lit_nanogpt.callbacks.OnnxExport``), so they are
     defined once and the same names work in a config's callback entry and on this command line.
     """
     from jsonargparse import ArgumentParser
 
-    from callbacks.export import OnnxExport
+    from lit_nanogpt.callbacks.export import OnnxExport
 
     parser = ArgumentParser(prog=f"{PROG} export", description="Export a lit-nanogpt checkpoint to an ONNX folder, "
                             "and compile it with atc when atc is installed.")  # fmt: skip
@@ -254,6 +255,43 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
+# Class paths that moved: a config.yaml saved by an earlier version names the old ones.
+_MOVED_CLASS_PATHS = {"callbacks.": "lit_nanogpt.callbacks."}
+
+
+def _config_files(args: list[str]) -> list[Path]:
+    files = [Path(a.split("=", 1)[1]) for a in args if a.startswith("--config=")]
+    files += [Path(b) for a, b in zip(args, args[1:], strict=False) if a == "--config"]
+    return [f for f in files if f.is_file()]
+
+
+def check_moved_class_paths(args: list[str]) -> None:
+    """One line naming the new class path when a ``--config`` file uses one that has moved."""
+    import yaml
+
+    def class_paths(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            if isinstance(node.get("class_path"), str):
+                yield node["class_path"]
+            for value in node.values():
+                yield from class_paths(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from class_paths(value)
+
+    for file in _config_files(args):
+        try:
+            config = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            continue  # the CLI's own parser reports it
+        for path in class_paths(config):
+            for old, new in _MOVED_CLASS_PATHS.items():
+                if path.startswith(old):
+                    raise ValueError(
+                        f"{file}: class_path {path} has moved to {new}{path.removeprefix(old)}: edit the file"
+                    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _quiet_lightning()
@@ -264,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args[:1] and args[0] in own:
             auto_cli(own[args[0]], args=args[1:], as_positional=False, prog=f"{PROG} {args[0]}")
         else:
+            check_moved_class_paths(args)
             LitNanoGPTCLI(args=argv)
     except (ValueError, FileNotFoundError) as e:
         if os.environ.get("LIT_NANOGPT_DEBUG"):

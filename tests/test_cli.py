@@ -91,7 +91,18 @@ def test_loss_curve_matches_the_reference(tiny_run: tuple[Path, str]) -> None:
         steps, values = zip(*curve[key], strict=True)
         ref_steps, ref_values = zip(*reference[key], strict=True)
         assert steps == ref_steps
-        assert values == pytest.approx(ref_values, rel=2e-3), key
+        for step, value, ref in zip(steps, values, ref_values, strict=True):
+            assert value == pytest.approx(ref, rel=_curve_tolerance(key, step)), (key, step)
+
+
+def _curve_tolerance(key: str, step: int) -> float:
+    """How far the curve may drift across CPUs: fp32 kernels differ by instruction set (AVX2, AVX-512),
+    and single-batch losses amplify that. Measured between an AVX-512 and an AVX2 machine: train_loss
+    within 1.4e-3 before step 50 and 8.2e-3 by step 150, val_loss within 1.5e-3. A change to the
+    model, data order or schedule moves the first steps by far more."""
+    if key == "val_loss":
+        return 5e-3
+    return 2e-3 if step < 50 else 2e-2
 
 
 def test_checkpoint_alone_is_enough_to_validate_predict_and_generate(tiny_run: tuple[Path, str]) -> None:
@@ -253,3 +264,15 @@ def test_generate_device_and_prompt_file_errors(capsys: pytest.CaptureFixture, b
     if not torch.cuda.is_available():
         assert "no cuda device" in error_of(capsys, "generate", f"--checkpoint={baby_ckpt}", "--device=cuda")
     assert "prompt file" in error_of(capsys, "generate", f"--checkpoint={baby_ckpt}", f"--prompt=FILE:{tmp_path}")
+
+
+def test_config_saved_before_the_callbacks_moved_names_the_new_class_path(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """A config.yaml written when the callbacks were the top-level ``callbacks`` package."""
+    old = (ROOT / "configs/shakespeare_char_cpu.yaml").read_text().replace("lit_nanogpt.callbacks.", "callbacks.")
+    (tmp_path / "config.yaml").write_text(old)
+    line = error_of(capsys, "fit", "--config", str(tmp_path / "config.yaml"))
+    new = "lit_nanogpt.callbacks.metrics.TrainingMetrics"
+    assert f"class_path callbacks.metrics.TrainingMetrics has moved to {new}" in line
+    assert str(tmp_path / "config.yaml") in line

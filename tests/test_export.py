@@ -19,8 +19,8 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lit_nanogpt.callbacks import OnnxExport
 
-from callbacks import OnnxExport
 from lit_nanogpt.checkpoint import import_nanogpt, load_model
 from lit_nanogpt.cli import main
 from lit_nanogpt.data import CharDataModule
@@ -393,7 +393,7 @@ def test_shipped_configs_enable_the_export(config: Path) -> None:
     from lit_nanogpt.cli import LitNanoGPTCLI
 
     callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
-    assert "callbacks.OnnxExport" in [c["class_path"] for c in callbacks]
+    assert "lit_nanogpt.callbacks.OnnxExport" in [c["class_path"] for c in callbacks]
     on_cpu = ["--trainer.accelerator=cpu", "--trainer.precision=32-true"]  # the NPU recipe, here
     cli = LitNanoGPTCLI(args=["--config", str(config), *on_cpu], run=False)
     assert [type(c) for c in cli.trainer.callbacks].count(OnnxExport) == 1

@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT, TINY
+from lit_nanogpt.callbacks.loss_curve import LossCurve
+from lit_nanogpt.callbacks.metrics import PEAK_FLOPS, TrainingMetrics, flops_per_token, peak_flops_for
 
-from callbacks.loss_curve import LossCurve
-from callbacks.metrics import PEAK_FLOPS, TrainingMetrics, flops_per_token, peak_flops_for
 from lit_nanogpt.cli import LitNanoGPTCLI
 from lit_nanogpt.loggers import AutoWandbLogger, log_file_artifact, resolve_wandb_mode, wandb_credentials_found
 from lit_nanogpt.model import GPT, GPTConfig
@@ -245,7 +245,7 @@ def test_without_wandb_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, l
 
 
 def test_nothing_extra_on_steps_that_do_not_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import callbacks.metrics as metrics
+    import lit_nanogpt.callbacks.metrics as metrics
 
     calls = {"norm": 0, "sync": 0}
     real_norm, real_sync = metrics.total_grad_norm, metrics.synchronize

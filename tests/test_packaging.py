@@ -1,0 +1,48 @@
+"""What an install puts into site-packages: ``lit_nanogpt`` alone, the callbacks inside it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+IMPORTS = "from lit_nanogpt.callbacks import OnnxExport; print(OnnxExport.__module__)"
+
+
+def _python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env={**env} or None, capture_output=True, text=True)
+
+
+def test_installed_callbacks_live_in_the_project_namespace(tmp_path: Path) -> None:
+    """The environment's install (editable in CI): no top-level ``callbacks`` from outside the checkout."""
+    assert _python(IMPORTS, tmp_path).stdout.strip() == "lit_nanogpt.callbacks.export"
+    failed = _python("import callbacks", tmp_path)
+    assert failed.returncode != 0 and "No module named 'callbacks'" in failed.stderr
+
+
+@pytest.mark.slow
+def test_wheel_holds_only_lit_nanogpt(tmp_path: Path) -> None:
+    """``pip install .`` builds this wheel: one top-level package, the callbacks folder inside it."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True, text=True)  # fmt: skip
+    (wheel,) = tmp_path.glob("lit_nanogpt-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        (top_level,) = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+        assert z.read(top_level).decode().split() == ["lit_nanogpt"]
+    assert "lit_nanogpt/callbacks/export.py" in names
+    assert {n.split("/")[0] for n in names if not n.endswith(".dist-info/" + n.rsplit("/", 1)[-1])} == {"lit_nanogpt"}
+    # Installed from the wheel alone, away from the checkout.
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, text=True)  # fmt: skip
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    code = f"import lit_nanogpt; assert lit_nanogpt.__file__.startswith({str(site)!r}); " + IMPORTS
+    done = _python(code, tmp_path, **env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "lit_nanogpt.callbacks.export"
+    assert _python("import callbacks", tmp_path, **env).returncode != 0
