@@ -33,6 +33,8 @@ EXTRA_COMMANDS = {
     "import-nanogpt": "Convert nanoGPT's ckpt.pt and meta.pkl into a lit-nanogpt checkpoint",
     "export": "Export a checkpoint to ONNX (and an Ascend .om when atc is installed)",
 }
+# The settings every fit starts from (callbacks, logger, nanoGPT's loop); the recipes hold the rest.
+FIT_DEFAULTS = Path(__file__).with_name("fit_defaults.yaml")
 # Lightning's own names for checkpoints it finds by itself, accepted by --ckpt_path.
 _SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
 
@@ -49,7 +51,10 @@ class LitNanoGPTCLI(LightningCLI):
         description = "Train, evaluate and sample nanoGPT with Lightning. Also: " + "; ".join(
             f"{PROG} {name}: {text}" for name, text in EXTRA_COMMANDS.items()
         )
-        kwargs.setdefault("parser_kwargs", {"prog": PROG, "description": description})
+        parser_kwargs = kwargs.setdefault("parser_kwargs", {"prog": PROG, "description": description})
+        # Every fit starts from the standard callbacks and logger; run=False builds a fit-like Trainer directly.
+        defaults = {"default_config_files": [str(FIT_DEFAULTS)]}
+        parser_kwargs.setdefault("fit", defaults) if run else parser_kwargs.update(defaults)
         super().__init__(LitGPT, CharDataModule, args=args, run=run, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -270,7 +270,9 @@ def test_config_saved_before_the_callbacks_moved_names_the_new_class_path(
     capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
     """A config.yaml written when the callbacks were the top-level ``callbacks`` package."""
-    old = (ROOT / "configs/shakespeare_char_cpu.yaml").read_text().replace("lit_nanogpt.callbacks.", "callbacks.")
+    from lit_nanogpt.cli import FIT_DEFAULTS
+
+    old = FIT_DEFAULTS.read_text().replace("lit_nanogpt.callbacks.", "callbacks.")
     (tmp_path / "config.yaml").write_text(old)
     line = error_of(capsys, "fit", "--config", str(tmp_path / "config.yaml"))
     new = "lit_nanogpt.callbacks.metrics.TrainingMetrics"

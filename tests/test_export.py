@@ -390,10 +390,11 @@ def test_callback_exports_the_best_checkpoint_at_fit_end(tmp_path: Path, monkeyp
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_enable_the_export(config: Path) -> None:
-    from lit_nanogpt.cli import LitNanoGPTCLI
+    from lit_nanogpt.cli import FIT_DEFAULTS, LitNanoGPTCLI
 
-    callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    callbacks = yaml.safe_load(FIT_DEFAULTS.read_text())["trainer"]["callbacks"]
     assert "lit_nanogpt.callbacks.OnnxExport" in [c["class_path"] for c in callbacks]
+    assert "callbacks" not in yaml.safe_load(config.read_text())["trainer"]  # the recipes build on the defaults
     on_cpu = ["--trainer.accelerator=cpu", "--trainer.precision=32-true"]  # the NPU recipe, here
     cli = LitNanoGPTCLI(args=["--config", str(config), *on_cpu], run=False)
     assert [type(c) for c in cli.trainer.callbacks].count(OnnxExport) == 1

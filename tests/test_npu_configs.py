@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from lit_nanogpt.cli import LitNanoGPTCLI
+from lit_nanogpt.cli import FIT_DEFAULTS, LitNanoGPTCLI
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
@@ -22,6 +22,11 @@ def test_config_parses_through_the_cli(config: Path) -> None:
         LitNanoGPTCLI(args=["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     parsed, written = yaml.safe_load(out.getvalue()), yaml.safe_load(config.read_text())
+    # The whole resolved config: the recipe on top of the defaults every fit starts from.
+    defaults = yaml.safe_load(FIT_DEFAULTS.read_text())["trainer"]
+    assert [c["class_path"] for c in parsed["trainer"]["callbacks"]] == [c["class_path"] for c in defaults["callbacks"]]
+    assert parsed["trainer"]["logger"]["class_path"] == defaults["logger"]["class_path"]
+    assert parsed["trainer"]["gradient_clip_val"] == defaults["gradient_clip_val"] == 1.0
     for section in ("trainer", "model", "data"):
         for key, value in written.get(section, {}).items():
             if key != "callbacks":

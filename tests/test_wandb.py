@@ -21,7 +21,7 @@ from conftest import ROOT, TINY
 from lit_nanogpt.callbacks.loss_curve import LossCurve
 from lit_nanogpt.callbacks.metrics import PEAK_FLOPS, TrainingMetrics, flops_per_token, peak_flops_for
 
-from lit_nanogpt.cli import LitNanoGPTCLI
+from lit_nanogpt.cli import FIT_DEFAULTS, LitNanoGPTCLI
 from lit_nanogpt.loggers import AutoWandbLogger, log_file_artifact, resolve_wandb_mode, wandb_credentials_found
 from lit_nanogpt.model import GPT, GPTConfig
 
@@ -87,6 +87,9 @@ def tiny_recipe(tmp: Path, **logger_args: Any) -> Path:
     """The shipped CPU config with the TINY model, a few steps, and every path inside ``tmp``."""
     config = yaml.safe_load((ROOT / "configs" / "shakespeare_char_cpu.yaml").read_text())
     trainer = config["trainer"]
+    # The logger and callbacks every fit starts from, set here in full so their arguments can change.
+    defaults = yaml.safe_load(FIT_DEFAULTS.read_text())["trainer"]
+    trainer.update(logger=defaults["logger"], callbacks=defaults["callbacks"])
     config["model"].update(TINY, warmup_iters=2)
     config["data"].update(batch_size=4, val_batch_size=8)
     trainer.update(max_steps=MAX_STEPS, val_check_interval=VAL_EVERY, log_every_n_steps=LOG_EVERY,
