@@ -21,10 +21,11 @@ import lightning as L
 import torch
 
 from lit_nanogpt.data import CharDataModule, RandomWindows, SequentialWindows
+from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.module import LitGPT
 
-CPU_RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
-                  learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=2000)  # fmt: skip
+CPU_ARCH = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, dropout=0.0, bias=False)
+CPU_RECIPE = dict(arch=CPU_ARCH, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=2000)
 
 
 @torch.no_grad()
@@ -32,7 +33,7 @@ def full_val_loss(model: torch.nn.Module, dm: CharDataModule) -> float:
     """Mean loss over every token of every validation window, as LitGPT's val_loss."""
     model.eval()
     total, count = 0.0, 0
-    for x, y in SequentialWindows(dm.val_data, CPU_RECIPE["block_size"], 256):
+    for x, y in SequentialWindows(dm.val_data, CPU_ARCH.block_size, 256):
         _, loss = model(x, y)
         total += loss.item() * y.numel()
         count += y.numel()
@@ -47,7 +48,7 @@ def plain_loop(dm: CharDataModule, steps: int, batch_size: int, val_every: int =
     model = module.model.train()
     opt = module.configure_optimizers()
     optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
-    batches = iter(RandomWindows(dm.train_data, CPU_RECIPE["block_size"], batch_size))
+    batches = iter(RandomWindows(dm.train_data, CPU_ARCH.block_size, batch_size))
     warmup = 0 if val_every else 10  # steps excluded from the per-step timing
     val_losses = []
     for step in range(steps + warmup):
@@ -89,7 +90,7 @@ def lightning_loop(dm: CharDataModule, steps: int) -> float:
 
 
 def batch_time(dm: CharDataModule, batch_size: int, n: int = 2000) -> float:
-    batches = iter(RandomWindows(dm.train_data, CPU_RECIPE["block_size"], batch_size))
+    batches = iter(RandomWindows(dm.train_data, CPU_ARCH.block_size, batch_size))
     start = time.perf_counter()
     for _ in range(n):
         next(batches)
@@ -103,7 +104,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=12)
     parser.add_argument("--recipe", action="store_true", help="the whole CPU recipe in the plain loop")
     args = parser.parse_args()
-    dm = CharDataModule(block_size=CPU_RECIPE["block_size"], batch_size=args.batch_size)
+    dm = CharDataModule(block_size=CPU_ARCH.block_size, batch_size=args.batch_size)
     dm.setup("fit")
     if args.recipe:
         start = time.perf_counter()

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_overhead import CPU_RECIPE, full_val_loss
+from bench_overhead import CPU_ARCH, CPU_RECIPE, full_val_loss
 
 from lit_nanogpt.data import CharDataModule
 from lit_nanogpt.module import LitGPT
@@ -26,12 +26,12 @@ BATCH, EVAL_INTERVAL, EVAL_ITERS, MAX_ITERS = 12, 250, 20, 2000
 
 
 def main() -> None:
-    dm = CharDataModule(block_size=CPU_RECIPE["block_size"], batch_size=BATCH)
+    dm = CharDataModule(block_size=CPU_ARCH.block_size, batch_size=BATCH)
     dm.setup("fit")
-    offsets = torch.arange(CPU_RECIPE["block_size"] + 1)
+    offsets = torch.arange(CPU_ARCH.block_size + 1)
 
     def get_batch(data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # nanoGPT's, from the global RNG
-        ix = torch.randint(len(data) - CPU_RECIPE["block_size"], (BATCH,))
+        ix = torch.randint(len(data) - CPU_ARCH.block_size, (BATCH,))
         chunk = data[ix[:, None] + offsets]  # (B, T + 1)
         return chunk[:, :-1], chunk[:, 1:]
 

@@ -19,7 +19,7 @@ from lit_nanogpt.callbacks.loss_curve import LossCurve
 from lit_nanogpt.callbacks.metrics import TrainingMetrics
 from lit_nanogpt.callbacks.validation_samples import ValidationSamples
 
-from lit_nanogpt import CharDataModule, LitGPT
+from lit_nanogpt import CharDataModule, GPTConfig, LitGPT
 
 HOOKS = ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end")
 
@@ -52,7 +52,8 @@ def main() -> None:
             spent[trainer._logger_connector.should_update_logs].append(per_step[0])
             per_step[0] = 0
 
-    model = LitGPT(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, warmup_iters=10)
+    arch = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, dropout=0.0)
+    model = LitGPT(arch, warmup_iters=10)
     data = CharDataModule(block_size=64, batch_size=12)
     trainer = L.Trainer(accelerator="cpu", max_steps=args.steps, log_every_n_steps=args.log_every,
                         logger=CSVLogger(args.out), callbacks=[*callbacks, Collect()], limit_val_batches=0,

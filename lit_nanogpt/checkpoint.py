@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import pickle
 from pathlib import Path
@@ -15,8 +16,8 @@ from lit_nanogpt.data import Vocabulary, atomic_open
 from lit_nanogpt.model import GPT, GPTConfig
 from lit_nanogpt.module import LitGPT
 
-# The hyperparameters that build the network; the rest of LitGPT's are for training.
-ARCH_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "bias")
+# The fields that build the network; the rest of LitGPT's hyperparameters are for training.
+ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
 _ORIG_MOD = "_orig_mod."  # what torch.compile leaves in front of every key
 
 
@@ -46,8 +47,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"lit-nanogpt import-nanogpt --ckpt {path} --meta meta.pkl --out model.ckpt"
         )
     missing = [k for k in ("state_dict", "hyper_parameters", "vocab") if k not in ckpt]
-    hparams = ckpt.get("hyper_parameters", {})
-    missing += [f"hyper_parameters.{k}" for k in ARCH_KEYS if k not in hparams]
+    if not missing:
+        ckpt["hyper_parameters"] = nest_arch(ckpt["hyper_parameters"])
+        arch = ckpt["hyper_parameters"].get("arch")
+        missing += [f"hyper_parameters.arch.{k}" for k in ARCH_FIELDS if not isinstance(arch, dict) or k not in arch]
     if missing:
         raise ValueError(
             f"{path} is not a lit-nanogpt checkpoint (no {', '.join(missing)}): "
@@ -56,10 +59,22 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def nest_arch(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters with the architecture under ``arch``, as LitGPT saves them; checkpoints written
+    before it had one kept its fields at the top level."""
+    if "arch" in hparams or not any(k in hparams for k in ARCH_FIELDS):
+        return hparams
+    rest = {k: v for k, v in hparams.items() if k not in ARCH_FIELDS}
+    return {**rest, "arch": {k: hparams[k] for k in ARCH_FIELDS if k in hparams}}
+
+
 def load_model(path: str | Path) -> tuple[GPT, Vocabulary]:
     """The network in eval mode and its vocabulary, from a lit-nanogpt checkpoint alone."""
     ckpt = read_checkpoint(path)
-    config = GPTConfig(**{k: ckpt["hyper_parameters"][k] for k in ARCH_KEYS})
+    try:
+        config = GPTConfig(**ckpt["hyper_parameters"]["arch"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its architecture is not a valid GPTConfig ({e})") from None
     model = GPT(config)
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
@@ -98,7 +113,7 @@ def import_nanogpt(ckpt_path: str | Path, meta_path: str | Path, out: str | Path
     if vocab.chars != "".join(sorted(chars)):
         raise ValueError(f"{meta_path}: its characters are not in sorted order, so it is not a char-level meta.pkl")
     # Older nanoGPT checkpoints lack some keys (e.g. dropout, bias): nanoGPT's own defaults apply.
-    args = {k: args.get(k, getattr(GPTConfig, k)) for k in ARCH_KEYS}
+    args = {k: args.get(k, getattr(GPTConfig, k)) for k in ARCH_FIELDS}
     if "bias" not in src["model_args"]:
         args["bias"] = any(k.endswith("ln_f.bias") for k in src["model"])
     config = GPTConfig(**args)
@@ -114,7 +129,7 @@ def import_nanogpt(ckpt_path: str | Path, meta_path: str | Path, out: str | Path
     # LitGPT's defaults, then the architecture and the optimizer settings nanoGPT trained with.
     signature = inspect.signature(LitGPT.__init__).parameters.items()
     hparams = {k: p.default for k, p in signature if p.default is not inspect.Parameter.empty}
-    hparams.update({k: args[k] for k in ARCH_KEYS})
+    hparams["arch"] = dataclasses.asdict(config)
     cfg = src.get("config", {})
     for key in ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "beta1", "beta2"):
         if key in cfg:

@@ -58,8 +58,8 @@ class LitNanoGPTCLI(LightningCLI):
         super().__init__(LitGPT, CharDataModule, args=args, run=run, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
-        parser.link_arguments("model.block_size", "data.block_size")
+        parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
+        parser.link_arguments("model.arch.block_size", "data.block_size")
         parser.add_lightning_class_args(SampleWriter, "sample_writer")
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
@@ -91,8 +91,8 @@ class LitNanoGPTCLI(LightningCLI):
                 f"{ckpt_path} holds weights only (no optimizer state), so fit cannot resume from it: use it with "
                 "validate, test, predict or generate"
             )
-        links = {"vocab_size", "_instantiator", "_class_path"}
-        model = {k: v for k, v in ckpt["hyper_parameters"].items() if k not in links}
+        model = {k: v for k, v in ckpt["hyper_parameters"].items() if k not in ("_instantiator", "_class_path")}
+        model["arch"] = {k: v for k, v in model["arch"].items() if k != "vocab_size"}  # linked from the data
         defaults = self._subcommand_parsers[subcommand].get_defaults()["data"]
         current = self.config[subcommand]["data"]
         data = {

@@ -26,8 +26,11 @@ from torch.nn import functional as F
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class GPTConfig:
+    """The one definition of the network's shape: a checkpoint, the CLI's ``--model.arch.*`` and an
+    export's manifest all take their fields from here."""
+
     block_size: int = 1024
     """Longest context the model attends to (and the size of the position table)."""
     vocab_size: int = 50304
@@ -53,6 +56,10 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+
+
+# nanoGPT's Shakespeare-char model (config/train_shakespeare_char.py): 10.65M parameters.
+SHAKESPEARE_CHAR = GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False)
 
 
 class LayerNorm(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -12,7 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from lit_nanogpt.data import Vocabulary
-from lit_nanogpt.model import GPT, GPTConfig
+from lit_nanogpt.model import GPT, SHAKESPEARE_CHAR, GPTConfig
 
 
 def nanogpt_lr(step: int, learning_rate: float, min_lr: float, warmup_iters: int, lr_decay_iters: int) -> float:
@@ -36,13 +37,7 @@ def synchronize(device: torch.device) -> None:
 class LitGPT(L.LightningModule):
     def __init__(
         self,
-        n_layer: int = 6,
-        n_head: int = 6,
-        n_embd: int = 384,
-        block_size: int = 256,
-        vocab_size: int = 65,
-        dropout: float = 0.2,
-        bias: bool = False,
+        arch: GPTConfig = SHAKESPEARE_CHAR,
         learning_rate: float = 1e-3,
         min_lr: float = 1e-4,
         warmup_iters: int = 100,
@@ -51,16 +46,11 @@ class LitGPT(L.LightningModule):
         beta1: float = 0.9,
         beta2: float = 0.99,
     ) -> None:
-        """nanoGPT trained nanoGPT's way; the architecture arguments are those of ``GPTConfig``.
+        """nanoGPT trained nanoGPT's way.
 
         Args:
-            n_layer: Transformer blocks.
-            n_head: Attention heads per block.
-            n_embd: Width of the residual stream.
-            block_size: Context length; the CLI links it to ``data.block_size``.
-            vocab_size: Token ids; the CLI links it from ``data.vocab_size``.
-            dropout: Dropout probability while training.
-            bias: Biases in Linear layers and LayerNorms.
+            arch: The network (``GPTConfig``); default nanoGPT's 10.65M Shakespeare-char model. The CLI
+                links ``arch.block_size`` to ``data.block_size`` and ``data.vocab_size`` to ``arch.vocab_size``.
             learning_rate: Peak learning rate, reached after warmup.
             min_lr: Learning rate at the end of the cosine decay.
             warmup_iters: Steps of linear warmup.
@@ -70,9 +60,10 @@ class LitGPT(L.LightningModule):
             beta2: AdamW beta2.
         """
         super().__init__()
-        self.save_hyperparameters()
-        self.config = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                                n_embd=n_embd, dropout=dropout, bias=bias)  # fmt: skip
+        self.config = arch if isinstance(arch, GPTConfig) else GPTConfig(**arch)  # a dict when read from a checkpoint
+        self.save_hyperparameters(ignore=["arch"])
+        # Plain values in the checkpoint, so it loads with torch.load(weights_only=True).
+        self.hparams["arch"] = dataclasses.asdict(self.config)
         self.model = GPT(self.config)
         self.vocab: Vocabulary | None = None
         self.val_loss = MeanMetric()
@@ -87,8 +78,8 @@ class LitGPT(L.LightningModule):
             self.vocab = datamodule.vocab
         if self.vocab is not None and len(self.vocab) != self.config.vocab_size:
             raise ValueError(
-                f"the data has {len(self.vocab)} characters but model.vocab_size={self.config.vocab_size}: "
-                "let the CLI link it (do not set --model.vocab_size) or train on the checkpoint's corpus"
+                f"the data has {len(self.vocab)} characters but model.arch.vocab_size={self.config.vocab_size}: "
+                "let the CLI link it (do not set --model.arch.vocab_size) or train on the checkpoint's corpus"
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

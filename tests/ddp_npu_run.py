@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import TINY  # noqa: E402
 
-from lit_nanogpt import CharDataModule, LitGPT  # noqa: E402
+from lit_nanogpt import CharDataModule, GPTConfig, LitGPT  # noqa: E402
 from lit_nanogpt.npu import DDPNPUStrategy, NPUAccelerator, NPUPrecision  # noqa: E402
 
 
@@ -27,7 +27,7 @@ def flat(module: torch.nn.Module) -> torch.Tensor:
 
 def main(out: Path, device: str = "cpu") -> None:
     L.seed_everything(1337)
-    model = LitGPT(**TINY, vocab_size=65, learning_rate=1e-2, warmup_iters=0, lr_decay_iters=4)
+    model = LitGPT(GPTConfig(**TINY, vocab_size=65), learning_rate=1e-2, warmup_iters=0, lr_decay_iters=4)
     initial = flat(model)
     data = CharDataModule(block_size=TINY["block_size"], batch_size=8, cache_dir=str(out / "cache"))
     trainer = L.Trainer(

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lit_nanogpt.cli import LitNanoGPTCLI, main
+from lit_nanogpt.model import GPTConfig
 from tests.conftest import FIXTURES, NANOGPT_BABY, ROOT, TINY, run_cli
 
 REFERENCE_CURVE = FIXTURES / "tiny_loss_curve.json"
@@ -19,7 +20,7 @@ REFERENCE_CURVE = FIXTURES / "tiny_loss_curve.json"
 
 def tiny_fit_args(root: Path, steps: int = 150) -> list[str]:
     args = ["fit", "--config", str(ROOT / "configs/shakespeare_char_cpu.yaml")]
-    args += [f"--model.{k}={v}" for k, v in TINY.items()]
+    args += [f"--model.arch.{k}={v}" for k, v in TINY.items()]
     return args + [
         f"--trainer.max_steps={steps}",
         "--trainer.val_check_interval=50",
@@ -36,7 +37,8 @@ def tiny_fit_args(root: Path, steps: int = 150) -> list[str]:
 
 
 def read_metrics(root: Path) -> dict[str, list[tuple[int, float]]]:
-    (path,) = root.glob("lightning_logs/version_*/metrics.csv")
+    # CSVLogger takes W&B's name (None) from the defaults it replaces, so no lightning_logs/ level here.
+    (path,) = root.glob("version_*/metrics.csv")
     series: dict[str, list[tuple[int, float]]] = {}
     with path.open() as f:
         for row in csv.DictReader(f):
@@ -109,7 +111,7 @@ def test_checkpoint_alone_is_enough_to_validate_predict_and_generate(tiny_run: t
     ckpt = last_ckpt(tiny_run[0])
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert saved["vocab"] == "".join(sorted(set((ROOT / "lit_nanogpt/assets/tinyshakespeare.txt").read_text())))
-    assert saved["hyper_parameters"]["n_embd"] == 32
+    assert saved["hyper_parameters"]["arch"]["n_embd"] == 32
     cli = LitNanoGPTCLI(args=["validate", f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false"])
     assert cli.model.config.n_embd == 32 and cli.datamodule.hparams.block_size == 16
     assert cli.trainer.callback_metrics["val_loss"] < 3.5
@@ -139,7 +141,7 @@ def test_nanogpt_checkpoint_generates_nanogpts_greedy_text(baby_ckpt: Path) -> N
 
 def test_import_handles_torch_compile_prefix_and_biases(tmp_path: Path) -> None:
     from lit_nanogpt.checkpoint import import_nanogpt, load_model
-    from lit_nanogpt.model import GPT, GPTConfig
+    from lit_nanogpt.model import GPT
 
     args = {**TINY, "vocab_size": 65, "bias": True}
     src = GPT(GPTConfig(**args))
@@ -278,3 +280,19 @@ def test_config_saved_before_the_callbacks_moved_names_the_new_class_path(
     new = "lit_nanogpt.callbacks.metrics.TrainingMetrics"
     assert f"class_path callbacks.metrics.TrainingMetrics has moved to {new}" in line
     assert str(tmp_path / "config.yaml") in line
+
+
+def test_checkpoint_with_the_architecture_at_the_top_level_still_loads(
+    baby_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Checkpoints written before ``arch`` held the GPTConfig fields among the other hyperparameters."""
+    from lit_nanogpt.checkpoint import load_model
+
+    ckpt = torch.load(baby_ckpt, map_location="cpu", weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    hparams.update(hparams.pop("arch"))
+    torch.save(ckpt, tmp_path / "flat.ckpt")
+    model, _ = load_model(tmp_path / "flat.ckpt")
+    assert model.config == load_model(baby_ckpt)[0].config
+    assert main(["validate", f"--ckpt_path={tmp_path / 'flat.ckpt'}", "--trainer.limit_val_batches=1"]) == 0
+    assert "val_loss" in capsys.readouterr().out

@@ -25,6 +25,7 @@ from lit_nanogpt.checkpoint import import_nanogpt, load_model
 from lit_nanogpt.cli import main
 from lit_nanogpt.data import CharDataModule
 from lit_nanogpt.export import ATC_ONNX_OPS, MANIFEST, AtcOptions, export_model
+from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.module import LitGPT
 from lit_nanogpt.npu.om import ais_bench_available
 from lit_nanogpt.onnx_infer import ExportedGPT, open_export, read_manifest
@@ -369,7 +370,7 @@ def test_callback_exports_the_best_checkpoint_at_fit_end(tmp_path: Path, monkeyp
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     L.seed_everything(0)
     dm = CharDataModule(block_size=TINY["block_size"], batch_size=4, val_batch_size=64)
-    model = LitGPT(**TINY, vocab_size=dm.vocab_size, warmup_iters=0)
+    model = LitGPT(GPTConfig(**TINY, vocab_size=dm.vocab_size), warmup_iters=0)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_top_k=1)
     export = OnnxExport(int8=False)
     trainer = L.Trainer(max_steps=6, val_check_interval=3, limit_val_batches=2, check_val_every_n_epoch=None,

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.module import LitGPT, nanogpt_lr
 from tests.conftest import TINY
 
@@ -25,7 +26,9 @@ def test_schedule_warmup_peak_and_end() -> None:
 
 
 def test_scheduler_drives_the_optimizer_per_step() -> None:
-    module = LitGPT(**TINY, learning_rate=LR, min_lr=MIN_LR, warmup_iters=10, lr_decay_iters=50)
+    module = LitGPT(
+        GPTConfig(**TINY, vocab_size=65), learning_rate=LR, min_lr=MIN_LR, warmup_iters=10, lr_decay_iters=50
+    )
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["interval"] == "step"
@@ -41,7 +44,7 @@ def test_scheduler_drives_the_optimizer_per_step() -> None:
 
 
 def test_weight_decay_only_on_matrices() -> None:
-    module = LitGPT(**TINY, weight_decay=0.1, beta2=0.99, lr_decay_iters=100)
+    module = LitGPT(GPTConfig(**TINY, vocab_size=65), weight_decay=0.1, beta2=0.99, lr_decay_iters=100)
     optimizer = module.configure_optimizers()["optimizer"]
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0

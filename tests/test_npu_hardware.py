@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY, RunIf
 
-from lit_nanogpt import CharDataModule, LitGPT
+from lit_nanogpt import CharDataModule, GPTConfig, LitGPT
 from lit_nanogpt.checkpoint import load_model
 from lit_nanogpt.npu import NPUAccelerator, NPUPrecision, SingleNPUStrategy
 
@@ -22,7 +22,7 @@ pytestmark = RunIf(npu=True)
 def _fit(root: Path, steps: int = 2) -> tuple[L.Trainer, LitGPT, torch.Tensor]:
     """The documented Python form: accelerator, strategy and precision plugin given explicitly."""
     L.seed_everything(1337)
-    model = LitGPT(**TINY, vocab_size=65, warmup_iters=0)
+    model = LitGPT(GPTConfig(**TINY, vocab_size=65), warmup_iters=0)
     initial = torch.cat([p.detach().flatten() for p in model.parameters()])
     trainer = L.Trainer(
         accelerator=NPUAccelerator(),

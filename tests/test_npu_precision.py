@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from lit_nanogpt import CharDataModule, LitGPT
+from lit_nanogpt import CharDataModule, GPTConfig, LitGPT
 from lit_nanogpt.npu import NPUPrecision
 
 INIT_SCALE = 1024.0  # low enough that the tiny model never overflows by itself in fp16
@@ -55,7 +55,9 @@ def fp16_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[L.Trainer, Recor
     """One short fp16 AMP fit on the CPU through NPUPrecision, with an inf injected at step INF_STEP."""
     L.seed_everything(1337)
     root = tmp_path_factory.mktemp("fp16")
-    model = LitGPT(**TINY, vocab_size=65, learning_rate=1e-2, min_lr=1e-3, warmup_iters=0, lr_decay_iters=STEPS)
+    model = LitGPT(
+        GPTConfig(**TINY, vocab_size=65), learning_rate=1e-2, min_lr=1e-3, warmup_iters=0, lr_decay_iters=STEPS
+    )
     data = CharDataModule(block_size=TINY["block_size"], batch_size=16, cache_dir=str(root / "cache"))
     recorder = Recorder()
     plugin = NPUPrecision("16-mixed", device="cpu", init_scale=INIT_SCALE, growth_interval=1000)

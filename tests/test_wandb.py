@@ -90,7 +90,8 @@ def tiny_recipe(tmp: Path, **logger_args: Any) -> Path:
     # The logger and callbacks every fit starts from, set here in full so their arguments can change.
     defaults = yaml.safe_load(FIT_DEFAULTS.read_text())["trainer"]
     trainer.update(logger=defaults["logger"], callbacks=defaults["callbacks"])
-    config["model"].update(TINY, warmup_iters=2)
+    config["model"]["arch"].update(TINY)
+    config["model"]["warmup_iters"] = 2
     config["data"].update(batch_size=4, val_batch_size=8)
     trainer.update(max_steps=MAX_STEPS, val_check_interval=VAL_EVERY, log_every_n_steps=LOG_EVERY,
                    limit_val_batches=2, default_root_dir=str(tmp / "run"), enable_progress_bar=False)  # fmt: skip
@@ -176,7 +177,7 @@ def test_config_and_versions_in_the_run(offline_run: SimpleNamespace) -> None:
 
     config = offline_run.config
     assert config["cli"]["trainer"]["max_steps"] == MAX_STEPS
-    assert config["cli"]["model"]["n_layer"] == TINY["n_layer"]
+    assert config["cli"]["model"]["arch"]["n_layer"] == TINY["n_layer"]
     assert config["cli"]["trainer"]["logger"]["class_path"] == "lit_nanogpt.loggers.AutoWandbLogger"
     assert config["accelerator"] == "CPUAccelerator"
     assert config["peak_flops"] == PEAK
