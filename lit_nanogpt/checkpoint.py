@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.types import _PATH
 
 from lit_nanogpt.data import Vocabulary, atomic_open
 from lit_nanogpt.model import GPT, GPTConfig
@@ -209,3 +210,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         with atomic_open(Path(path)) as f:
             torch.save(checkpoint, f)
+
+    def load_checkpoint(
+        self,
+        path: _PATH,
+        map_location: Any = lambda storage, loc: storage,  # Lightning's default: every tensor on the CPU
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """Lightning's load (``fit``/``validate``/``test``/``predict`` with ``--ckpt_path``), as data only.
+
+        Lightning 2.6.6 hands ``weights_only`` down unchanged (trainer/connectors/checkpoint_connector.py:83,
+        fabric/plugins/io/torch_io.py:91) and it is None unless ``--weights_only`` sets it. fabric's
+        utilities/cloud_io.py:59-60 turns None into False for http(s) URLs, and torch 2.13's ``torch.load``
+        turns None into False when TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set (torch/serialization.py:1495-1504):
+        any of these would unpickle whatever the file names. So True, whatever was asked.
+        """
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except Exception as e:
+            if refused := _refused("checkpoint", path, e):
+                raise refused from None
+            raise
