@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.types import _PATH
 
 from lit_nanogpt.data import Vocabulary, atomic_open
 from lit_nanogpt.model import GPT, GPTConfig
@@ -21,14 +23,30 @@ ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
 _ORIG_MOD = "_orig_mod."  # what torch.compile leaves in front of every key
 
 
+def _refused(what: str, path: str | Path, error: Exception) -> ValueError | None:
+    """The one-line error for a file that ``torch.load(weights_only=True)`` refused to unpickle, else None."""
+    text = str(error)
+    if "Weights only load failed" not in text:
+        return None
+    name = re.search(r"GLOBAL (\S+)", text)
+    holds = f"it names {name[1].rstrip('.,')}, which" if name else "it holds pickle instructions that"
+    return ValueError(
+        f"{what} {path} is not plain data: {holds} lit-nanogpt never runs (it loads with torch.load(weights_only=True))"
+        "; use a checkpoint of tensors and plain values, as lit-nanogpt and nanoGPT write"
+    )
+
+
 def torch_load(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
-    """``torch.load`` a trusted-format file on CPU with a one-line error for missing or damaged files."""
+    """``torch.load`` a file on CPU as data only (``weights_only=True``: no class in it is imported or called),
+    with a one-line error for missing, damaged or code-carrying files."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist: check the path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
+        if refused := _refused(what, path, e):
+            raise refused from None
         raise ValueError(
             f"{what} {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
             "it is truncated or not a PyTorch checkpoint: use a complete file"
@@ -85,6 +103,64 @@ def load_model(path: str | Path) -> tuple[GPT, Vocabulary]:
     return model.eval(), Vocabulary(ckpt["vocab"])
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, strings and numbers only; the first class or function the pickle names is refused.
+
+    Every opcode that yields a callable (GLOBAL, STACK_GLOBAL, INST, OBJ, and EXT* past copyreg's extension
+    cache, which nothing in lit-nanogpt's process fills) goes through ``find_class``, so with it refused,
+    REDUCE, NEWOBJ and BUILD have nothing to call.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise _Refused(f"it names {module}.{name}, which lit-nanogpt never imports")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _Refused(f"it holds persistent id {str(pid)[:80]!r}, which lit-nanogpt never resolves")
+
+
+def read_nanogpt_meta(path: str | Path) -> str:
+    """The characters of nanoGPT's char-level ``meta.pkl`` in id order, read as data: no code in it runs.
+
+    nanoGPT's ``data/shakespeare_char/prepare.py`` pickles ``{"vocab_size": int, "itos": {int: str},
+    "stoi": {str: int}}``; anything else is refused with one line naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"meta file {path} does not exist: pass the meta.pkl beside nanoGPT's data")
+    fix = "pass the meta.pkl that nanoGPT's prepare.py writes (a dict of vocab_size, itos and stoi)"
+    try:
+        with path.open("rb") as f:
+            meta = _PlainUnpickler(f).load()
+    except _Refused as e:
+        raise ValueError(f"{path} is not a plain nanoGPT meta.pkl: {e}; {fix}") from None
+    except Exception as e:  # truncated, or not a pickle at all
+        detail = (str(e).splitlines() or [""])[0][:120]
+        raise ValueError(f"{path} is not a nanoGPT meta.pkl ({type(e).__name__}: {detail}); {fix}") from None
+
+    def wrong(what: str) -> ValueError:
+        return ValueError(f"{path} is not a plain nanoGPT meta.pkl: {what}; {fix}")
+
+    if not isinstance(meta, dict) or not {"vocab_size", "itos", "stoi"} <= meta.keys():
+        keys = sorted(map(str, meta)) if isinstance(meta, dict) else None
+        raise wrong(f"it holds a dict with keys {keys}" if keys is not None else f"it holds a {type(meta).__name__}")
+    itos, stoi, vocab_size = meta["itos"], meta["stoi"], meta["vocab_size"]
+    if not isinstance(itos, dict) or any(type(i) is not int for i in itos) or set(itos) != set(range(len(itos))):
+        raise wrong("its itos is not a dict of the ids 0..N-1")
+    for i, c in itos.items():
+        if not (isinstance(c, str) and len(c) == 1):
+            raise wrong(f"its itos[{i}] is {c!r:.40}, not one character")
+    if type(vocab_size) is not int or vocab_size != len(itos):
+        raise wrong(f"its vocab_size={vocab_size!r:.40} but its itos lists {len(itos)} characters")
+    inverse = {c: i for i, c in itos.items()}
+    if not isinstance(stoi, dict) or any(type(i) is not int for i in stoi.values()) or stoi != inverse:
+        raise wrong("its stoi is not the inverse of its itos")
+    return "".join(itos[i] for i in range(len(itos)))
+
+
 def import_nanogpt(ckpt_path: str | Path, meta_path: str | Path, out: str | Path) -> Path:
     """Write a lit-nanogpt checkpoint from nanoGPT's ``ckpt.pt`` and ``meta.pkl``."""
     src = torch_load(ckpt_path, what="nanoGPT checkpoint")
@@ -93,16 +169,7 @@ def import_nanogpt(ckpt_path: str | Path, meta_path: str | Path, out: str | Path
             f"{ckpt_path} is not a nanoGPT checkpoint (no 'model_args' and 'model'): "
             "pass the ckpt.pt that nanoGPT's train.py writes"
         )
-    meta_path = Path(meta_path)
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"meta file {meta_path} does not exist: pass the meta.pkl beside nanoGPT's data")
-    try:
-        with meta_path.open("rb") as f:
-            meta = pickle.load(f)
-        itos = meta["itos"]
-        chars = "".join(itos[i] for i in range(len(itos)))
-    except Exception as e:
-        raise ValueError(f"{meta_path} is not nanoGPT's meta.pkl ({type(e).__name__}: {e})") from None
+    chars = read_nanogpt_meta(meta_path)
     args = src["model_args"]
     if args.get("vocab_size") != len(chars):
         raise ValueError(
@@ -158,3 +225,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         with atomic_open(Path(path)) as f:
             torch.save(checkpoint, f)
+
+    def load_checkpoint(
+        self,
+        path: _PATH,
+        map_location: Any = lambda storage, loc: storage,  # Lightning's default: every tensor on the CPU
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """Lightning's load (``fit``/``validate``/``test``/``predict`` with ``--ckpt_path``), as data only.
+
+        Lightning 2.6.6 hands ``weights_only`` down unchanged (trainer/connectors/checkpoint_connector.py:83,
+        fabric/plugins/io/torch_io.py:91) and it is None unless ``--weights_only`` sets it. fabric's
+        utilities/cloud_io.py:59-60 turns None into False for http(s) URLs, and torch 2.13's ``torch.load``
+        turns None into False when TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set (torch/serialization.py:1495-1504):
+        any of these would unpickle whatever the file names. So True, whatever was asked.
+        """
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except Exception as e:
+            if refused := _refused("checkpoint", path, e):
+                raise refused from None
+            raise
