@@ -119,7 +119,7 @@ def test_lightning_own_resume_loads_as_data_whatever_weights_only_says(bait: Bai
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40, encoding="utf-8")
     result = run_cli(
-        "fit", f"--data.data_path={corpus}", *[f"--model.{k}={v}" for k, v in TINY.items()],
+        "fit", f"--data.data_path={corpus}", *[f"--model.arch.{k}={v}" for k, v in TINY.items()],
         "--trainer.max_steps=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=last", "--weights_only=false", env=UNSAFE_ENV,
     )  # fmt: skip
