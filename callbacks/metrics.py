@@ -12,7 +12,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_nanogpt.model import GPT
 from lit_nanogpt.module import synchronize
 
 # Dense fp16/bf16 peak FLOP/s of one device, the denominator nanoGPT's estimate_mfu uses (A100: 312e12),
@@ -43,13 +42,6 @@ def peak_flops_for(name: str) -> float | None:
         if key in name:
             return flops
     return None
-
-
-def flops_per_token(model: GPT, seq_len: int) -> float:
-    """Training FLOPs per token, forward and backward, as nanoGPT's ``estimate_mfu`` (PaLM appendix B)."""
-    cfg = model.config
-    n_params = model.get_num_params()
-    return 6 * n_params + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * seq_len
 
 
 def total_grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor | None:
@@ -138,5 +130,5 @@ class TrainingMetrics(Callback):
         synchronize(pl_module.device)
         seconds = time.perf_counter() - self._start
         x = batch[0]  # (B, T) on this device
-        flops = flops_per_token(pl_module.model, x.shape[1]) * x.numel()
+        flops = pl_module.model.flops_per_token(x.shape[1]) * x.numel()
         pl_module.log("mfu", flops / seconds / self._peak)

@@ -19,7 +19,7 @@ import torch
 import yaml
 from conftest import ROOT, TINY
 from lit_nanogpt.callbacks.loss_curve import LossCurve
-from lit_nanogpt.callbacks.metrics import PEAK_FLOPS, TrainingMetrics, flops_per_token, peak_flops_for
+from lit_nanogpt.callbacks.metrics import PEAK_FLOPS, TrainingMetrics, peak_flops_for
 
 from lit_nanogpt.cli import LitNanoGPTCLI
 from lit_nanogpt.loggers import AutoWandbLogger, log_file_artifact, resolve_wandb_mode, wandb_credentials_found
@@ -364,7 +364,22 @@ def test_flops_per_token_is_nanogpts() -> None:
     model = GPT(GPTConfig(vocab_size=65, **TINY))
     n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
     L_, H, Q, T = TINY["n_layer"], TINY["n_head"], TINY["n_embd"] // TINY["n_head"], TINY["block_size"]
-    assert flops_per_token(model, T) == 6 * n + 12 * L_ * H * Q * T
+    assert model.flops_per_token(T) == 6 * n + 12 * L_ * H * Q * T
     with pytest.raises(ValueError, match="peak_flops=0"):
         TrainingMetrics(peak_flops=0)
     assert set(PEAK_FLOPS) >= {"910B", "310P", "A100", "H100"}
+
+
+def test_flops_per_token_matches_lightnings_flop_count() -> None:
+    """The formula against torch's FLOP counter run by Lightning's measure_flops (matmuls and attention,
+    forward and backward): they differ by the LayerNorm weights alone, 6 FLOPs each in the formula."""
+    from lightning.fabric.utilities.throughput import measure_flops
+
+    B, T = 4, TINY["block_size"]
+    with torch.device("meta"):
+        model = GPT(GPTConfig(vocab_size=65, **TINY))
+        x = torch.randint(0, 65, (B, T))
+    counted = measure_flops(model, lambda: model(x, x)[1], loss_fn=lambda loss: loss)
+    norms = sum(p.numel() for name, p in model.named_parameters() if ".ln_" in name)  # bias=False: weights only
+    assert norms == (2 * TINY["n_layer"] + 1) * TINY["n_embd"]
+    assert model.flops_per_token(T) * B * T == counted + 6 * norms * B * T
