@@ -1,4 +1,5 @@
-"""``grad_norm`` and ``mfu`` (model FLOPs utilisation), computed on logging steps only, and the run's environment."""
+"""``tokens_per_s``, ``mfu`` (model FLOPs utilisation) and ``grad_norm``, computed on logging steps only, and the
+run's environment."""
 
 from __future__ import annotations
 
@@ -11,9 +12,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
-
-from lit_nanogpt.model import GPT
-from lit_nanogpt.module import synchronize
 
 # Dense fp16/bf16 peak FLOP/s of one device, the denominator nanoGPT's estimate_mfu uses (A100: 312e12),
 # matched as a substring of the device name; the first match wins, so specific names come first.
@@ -45,11 +43,13 @@ def peak_flops_for(name: str) -> float | None:
     return None
 
 
-def flops_per_token(model: GPT, seq_len: int) -> float:
-    """Training FLOPs per token, forward and backward, as nanoGPT's ``estimate_mfu`` (PaLM appendix B)."""
-    cfg = model.config
-    n_params = model.get_num_params()
-    return 6 * n_params + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * seq_len
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a timer measures the work and not its queueing (CPU: no-op)."""
+    # torch.cuda and torch.npu (registered by torch_npu) both have synchronize(device): looked up by the
+    # device's type, so no vendor is named here. Lightning's ThroughputMonitor syncs CUDA only.
+    sync = getattr(torch.get_device_module(device), "synchronize", None)
+    if device.type != "cpu" and callable(sync):
+        sync(device)
 
 
 def total_grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor | None:
@@ -82,10 +82,11 @@ def run_environment(trainer: L.Trainer) -> dict[str, Any]:
 
 class TrainingMetrics(Callback):
     def __init__(self, peak_flops: float | None = None) -> None:
-        """Log ``grad_norm`` and ``mfu`` on the Trainer's logging steps, and the run's environment once.
+        """Log ``tokens_per_s``, ``mfu`` and ``grad_norm`` on logging steps, and the run's environment once.
 
-        Nothing is computed on other steps. On a logging step the device is synchronised before and
-        after it, so ``mfu`` (and ``LitGPT``'s ``tokens_per_s``) time the work, not its queueing.
+        Nothing is computed on other steps. A logging step is timed once: the device is synchronised
+        before it and after it, so the timer measures the work, not its queueing, and ``tokens_per_s``
+        and ``mfu`` are both computed from those seconds.
 
         Args:
             peak_flops: Peak FLOP/s of one device for ``mfu``; default looked up by device name in
@@ -95,7 +96,7 @@ class TrainingMetrics(Callback):
             raise ValueError(f"peak_flops={peak_flops} must be positive, e.g. 312e12 for an A100 in bf16")
         self.peak_flops = peak_flops
         self._peak: float | None = None
-        self._start = 0.0
+        self._start: float | None = None  # perf_counter() at the start of the logging step being timed
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         env = run_environment(trainer)
@@ -117,7 +118,10 @@ class TrainingMetrics(Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._peak is not None and self._logging(trainer):
+        # Only logging steps are timed: a sync every step would slow every step. That rules out Lightning's
+        # ThroughputMonitor, which synchronises after every batch (on CUDA only).
+        self._start = None
+        if self._logging(trainer):
             synchronize(pl_module.device)
             self._start = time.perf_counter()
 
@@ -133,10 +137,14 @@ class TrainingMetrics(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._peak is None or not self._logging(trainer):
+        if self._start is None:  # not a logging step, or one whose start was not timed
             return
         synchronize(pl_module.device)
         seconds = time.perf_counter() - self._start
+        # Lightning's Throughput formulas (items/s; FLOP/s per device over its peak), not its windowed
+        # calculator: that takes rates between consecutive updates, and here one step in N is timed.
         x = batch[0]  # (B, T) on this device
-        flops = flops_per_token(pl_module.model, x.shape[1]) * x.numel()
-        pl_module.log("mfu", flops / seconds / self._peak)
+        pl_module.log("tokens_per_s", x.numel() * trainer.world_size / seconds)  # all devices
+        if self._peak is not None:
+            flops = pl_module.model.flops_per_token(x.shape[1]) * x.numel()  # this device's
+            pl_module.log("mfu", flops / seconds / self._peak)

@@ -191,6 +191,15 @@ class GPT(nn.Module):
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token, forward and backward, at context ``seq_len``: nanoGPT's ``estimate_mfu``.
+
+        6 per parameter (PaLM appendix B) plus attention's 12 per layer, head, head dimension and
+        position attended to; the causal mask is not discounted.
+        """
+        cfg = self.config
+        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * seq_len
+
     def _check_length(self, t: int) -> None:
         if t > self.config.block_size:
             raise ValueError(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any
 
 import lightning as L
@@ -25,13 +24,6 @@ def nanogpt_lr(step: int, learning_rate: float, min_lr: float, warmup_iters: int
     ratio = (step - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return min_lr + coeff * (learning_rate - min_lr)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work, so a timer measures the work and not its queueing (CPU: no-op)."""
-    sync = getattr(torch.get_device_module(device), "synchronize", None)
-    if device.type != "cpu" and callable(sync):
-        sync(device)
 
 
 class LitGPT(L.LightningModule):
@@ -68,8 +60,6 @@ class LitGPT(L.LightningModule):
         self.vocab: Vocabulary | None = None
         self.val_loss = MeanMetric()
         self.val_ppl = Perplexity()
-        self._step_start = 0.0
-        self._step_lr = 0.0
 
     # ---- vocabulary: taken from the data while training, carried in every checkpoint ----
     def setup(self, stage: str) -> None:
@@ -97,23 +87,11 @@ class LitGPT(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
-    def _logging_step(self) -> bool:
-        # Only on logging steps: timing (and synchronising) every step would itself cost time.
-        # The same test Lightning's LearningRateMonitor makes, true from batch start to batch end.
-        return self.trainer._logger_connector.should_update_logs
-
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._logging_step():
-            synchronize(self.device)
-            self._step_start = time.perf_counter()
-            self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._logging_step():
-            synchronize(self.device)
-            tokens = batch[0].numel() * self.trainer.world_size
-            self.log("tokens_per_s", tokens / (time.perf_counter() - self._step_start))
-            self.log("lr", self._step_lr)
+        # The rate this step uses: the scheduler steps before on_train_batch_end. Logging steps only, the
+        # test Lightning's LearningRateMonitor makes. Throughput is TrainingMetrics' (lit_nanogpt.callbacks).
+        if self.trainer._logger_connector.should_update_logs:
+            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

@@ -85,7 +85,7 @@ def probe(config: str) -> dict:
     from lit_nanogpt.npu import NPUAccelerator, NPUPrecision, npu_available
 
     report: dict = {"available_before": npu_available()}
-    install_fake_npu(device_count=2)
+    npu = install_fake_npu(device_count=2)
     report["available"] = npu_available()
     report["single"] = _cli(config)
     report["ddp"] = _cli(config, "--trainer.devices", "2")
@@ -114,6 +114,12 @@ def probe(config: str) -> dict:
     report["stats"] = NPUAccelerator().get_device_stats(torch.device("npu", 0))
     scaled = NPUPrecision("16-mixed", device="npu", init_scale=1024.0, growth_interval=7)
     report["settable"] = {"scale": scaled.scaler.get_scale(), "growth_interval": scaled.scaler.get_growth_interval()}
+    from lit_nanogpt.callbacks.metrics import synchronize
+
+    synced: list[str] = []
+    npu.synchronize = lambda device=None: synced.append(str(device))
+    synchronize(torch.device("npu", 1))
+    report["timer_synced"] = synced
     return report
 
 

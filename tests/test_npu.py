@@ -117,6 +117,11 @@ def test_scaler_settings_reach_the_scaler(fake: dict) -> None:
     assert fake["settable"] == {"scale": 1024.0, "growth_interval": 7}
 
 
+def test_step_timer_synchronises_the_npu(fake: dict) -> None:
+    # Through torch.get_device_module("npu"), as for CUDA: no NPU branch outside lit_nanogpt/npu.
+    assert fake["timer_synced"] == ["npu:1"]
+
+
 # ---- without an NPU (this machine) ----
 def test_no_npu_here_and_nothing_raises() -> None:
     assert npu_available() is False

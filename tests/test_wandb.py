@@ -19,7 +19,7 @@ import torch
 import yaml
 from conftest import ROOT, TINY
 from lit_nanogpt.callbacks.loss_curve import LossCurve
-from lit_nanogpt.callbacks.metrics import PEAK_FLOPS, TrainingMetrics, flops_per_token, peak_flops_for
+from lit_nanogpt.callbacks.metrics import PEAK_FLOPS, TrainingMetrics, peak_flops_for
 
 from lit_nanogpt.cli import FIT_DEFAULTS, LitNanoGPTCLI
 from lit_nanogpt.loggers import AutoWandbLogger, log_file_artifact, resolve_wandb_mode, wandb_credentials_found
@@ -154,6 +154,15 @@ def test_training_metrics_are_logged_on_logging_steps(offline_run: SimpleNamespa
     assert all(v < 100 for _, v in series(h, "grad_norm"))
 
 
+def test_tokens_per_s_and_mfu_come_from_one_timing(offline_run: SimpleNamespace) -> None:
+    # Equal up to the float32 the values are logged in (1e-7). Two timers disagreed by ~1% on this tiny step.
+    per_token = offline_run.trainer.lightning_module.model.flops_per_token(TINY["block_size"])
+    rows = [row for row in offline_run.history if "mfu" in row]
+    assert len(rows) == MAX_STEPS // LOG_EVERY
+    for row in rows:
+        assert row["mfu"] == pytest.approx(row["tokens_per_s"] * per_token / PEAK, rel=1e-6), row
+
+
 def test_validation_loss_each_validation(offline_run: SimpleNamespace) -> None:
     val = [v for _, v in series(offline_run.history, "val_loss")]
     assert len(val) == MAX_STEPS // VAL_EVERY
@@ -271,6 +280,41 @@ def test_nothing_extra_on_steps_that_do_not_log(tmp_path: Path, monkeypatch: pyt
     assert calls == {"norm": 2, "sync": 4}  # steps 3 and 6: one norm, a sync before and after
 
 
+def test_one_timer_syncs_on_logging_steps_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain Trainer, no peak known (a CPU): tokens_per_s and lr still logged, from one sync before and after."""
+    import csv
+
+    import lit_nanogpt.callbacks.metrics as metrics
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lit_nanogpt import CharDataModule, LitGPT
+    from lit_nanogpt.module import nanogpt_lr
+
+    synced: list[torch.device] = []
+    monkeypatch.setattr(metrics, "synchronize", synced.append)
+    per_step: list[int] = []
+
+    class SyncsPerStep(L.Callback):  # listed after TrainingMetrics, so its batch-end hook has run
+        def on_train_batch_end(self, *_: Any) -> None:
+            per_step.append(len(synced))
+            assert all(d == torch.device("cpu") for d in synced)
+            synced.clear()
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=7, log_every_n_steps=3, limit_val_batches=0,
+                        logger=CSVLogger(tmp_path), callbacks=[TrainingMetrics(), SyncsPerStep()],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(LitGPT(**TINY, warmup_iters=2), CharDataModule(block_size=TINY["block_size"], batch_size=4))
+    assert per_step == [0, 0, 2, 0, 0, 2, 0]
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = {key: [int(r["step"]) + 1 for r in rows if r.get(key)] for key in ("tokens_per_s", "lr", "grad_norm")}
+    assert logged == {"tokens_per_s": [3, 6], "lr": [3, 6], "grad_norm": [3, 6]}
+    assert "mfu" not in rows[0]
+    # The rate each logged step trained with (steps 3 and 6 are the schedule's 2 and 5), not the next one.
+    lrs = [float(r["lr"]) for r in rows if r.get("lr")]
+    assert lrs == pytest.approx([nanogpt_lr(s, 1e-3, 1e-4, 2, 7) for s in (2, 5)], rel=1e-6)
+
+
 # ---- the online/offline decision ----
 def _clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     home = tmp_path / "home"
@@ -368,7 +412,22 @@ def test_flops_per_token_is_nanogpts() -> None:
     model = GPT(GPTConfig(vocab_size=65, **TINY))
     n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
     L_, H, Q, T = TINY["n_layer"], TINY["n_head"], TINY["n_embd"] // TINY["n_head"], TINY["block_size"]
-    assert flops_per_token(model, T) == 6 * n + 12 * L_ * H * Q * T
+    assert model.flops_per_token(T) == 6 * n + 12 * L_ * H * Q * T
     with pytest.raises(ValueError, match="peak_flops=0"):
         TrainingMetrics(peak_flops=0)
     assert set(PEAK_FLOPS) >= {"910B", "310P", "A100", "H100"}
+
+
+def test_flops_per_token_matches_lightnings_flop_count() -> None:
+    """The formula against torch's FLOP counter run by Lightning's measure_flops (matmuls and attention,
+    forward and backward): they differ by the LayerNorm weights alone, 6 FLOPs each in the formula."""
+    from lightning.fabric.utilities.throughput import measure_flops
+
+    B, T = 4, TINY["block_size"]
+    with torch.device("meta"):
+        model = GPT(GPTConfig(vocab_size=65, **TINY))
+        x = torch.randint(0, 65, (B, T))
+    counted = measure_flops(model, lambda: model(x, x)[1], loss_fn=lambda loss: loss)
+    norms = sum(p.numel() for name, p in model.named_parameters() if ".ln_" in name)  # bias=False: weights only
+    assert norms == (2 * TINY["n_layer"] + 1) * TINY["n_embd"]
+    assert model.flops_per_token(T) * B * T == counted + 6 * norms * B * T
