@@ -53,9 +53,10 @@ class LitGPT(L.LightningModule):
         """
         super().__init__()
         self.config = arch if isinstance(arch, GPTConfig) else GPTConfig(**arch)  # a dict when read from a checkpoint
-        self.save_hyperparameters(ignore=["arch"])
-        # Plain values in the checkpoint, so it loads with torch.load(weights_only=True).
-        self.hparams["arch"] = dataclasses.asdict(self.config)
+        # save_hyperparameters reads this frame's arguments: the architecture goes in as plain values, so the
+        # checkpoint loads with torch.load(weights_only=True) and the loggers show its fields.
+        arch = dataclasses.asdict(self.config)  # type: ignore[assignment]
+        self.save_hyperparameters()
         self.model = GPT(self.config)
         self.vocab: Vocabulary | None = None
         self.val_loss = MeanMetric()

@@ -197,7 +197,7 @@ def test_config_and_versions_in_the_run(offline_run: SimpleNamespace) -> None:
     except importlib.metadata.PackageNotFoundError:
         npu_version = None
     assert versions.get("torch_npu") == npu_version  # present exactly when installed
-    assert config["n_embd"] == TINY["n_embd"]  # the model's own hyperparameters, from Lightning
+    assert config["arch"]["n_embd"] == TINY["n_embd"]  # the model's own hyperparameters, from Lightning
 
 
 def test_checkpoints_logged_as_artifacts_when_asked(offline_run: SimpleNamespace) -> None:
@@ -303,7 +303,8 @@ def test_one_timer_syncs_on_logging_steps_only(tmp_path: Path, monkeypatch: pyte
     trainer = L.Trainer(accelerator="cpu", max_steps=7, log_every_n_steps=3, limit_val_batches=0,
                         logger=CSVLogger(tmp_path), callbacks=[TrainingMetrics(), SyncsPerStep()],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
-    trainer.fit(LitGPT(**TINY, warmup_iters=2), CharDataModule(block_size=TINY["block_size"], batch_size=4))
+    model = LitGPT(GPTConfig(**TINY, vocab_size=65), warmup_iters=2)
+    trainer.fit(model, CharDataModule(block_size=TINY["block_size"], batch_size=4))
     assert per_step == [0, 0, 2, 0, 0, 2, 0]
     with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
