@@ -23,9 +23,10 @@ from lit_nanogpt.callbacks.samples import SEPARATOR, SampleWriter
 from lit_nanogpt.checkpoint import AtomicCheckpointIO, import_nanogpt, load_model, read_checkpoint
 from lit_nanogpt.data import CharDataModule, read_corpus
 from lit_nanogpt.loggers import AutoWandbLogger, LoggedConfig
-from lit_nanogpt.module import LitGPT, generate_text, validate_sampling
+from lit_nanogpt.module import LitGPT, generate_text
 from lit_nanogpt.npu import npu_trainer_flags
 from lit_nanogpt.npu.runtime import npu_module
+from lit_nanogpt.sampling import SamplingSettings
 
 PROG = "lit-nanogpt"
 EXTRA_COMMANDS = {
@@ -135,16 +136,13 @@ def generate(
     checkpoint: str | None = None,
     onnx: str | None = None,
     prompt: str = "\n",
-    max_new_tokens: int = 500,
-    temperature: float = 0.8,
-    top_k: int | None = 200,
-    num_samples: int = 1,
     seed: int = 1337,
     device: str = "cpu",
     use_cache: bool = True,
     int8: bool = False,
     window: Literal["exact", "half"] = "exact",
     backend: Literal["auto", "cpu", "cann", "om"] = "auto",
+    **sampling: Any,
 ) -> None:
     """Sample from a lit-nanogpt checkpoint or export folder and print each sample as nanoGPT's sample.py does.
 
@@ -153,10 +151,6 @@ def generate(
         onnx: Instead of ``checkpoint``: an export folder (``lit-nanogpt export`` or the fit-end export),
             run with onnxruntime (or on Ascend, its .om through ais_bench or onnxruntime's CANN provider).
         prompt: Text to continue; prefix with ``FILE:`` to read it from a file.
-        max_new_tokens: Characters generated per sample.
-        temperature: Divides the logits; below 1 is more conservative. 0 means greedy (argmax).
-        top_k: Sample among the k most likely characters; 1 is greedy; ``null`` for all.
-        num_samples: Independent samples to draw.
         seed: Seed of the sampling, as ``torch.manual_seed`` in nanoGPT's sample.py.
         device: Where to run, e.g. ``cpu`` or ``cuda``.
         use_cache: Keep keys and values while the text fits in block_size (same tokens, faster).
@@ -165,10 +159,10 @@ def generate(
             token) or ``half`` (re-read the last block_size/2 tokens when the cache is full: faster, not identical).
         backend: With ``onnx``: ``auto``, ``cpu`` (onnxruntime), ``cann`` (onnxruntime's CANN provider)
             or ``om`` (the atc-compiled .om through ais_bench).
+        sampling: ``SamplingSettings``' fields, given flat: ``--max_new_tokens``, ``--temperature``,
+            ``--top_k``, ``--num_samples``.
     """
-    validate_sampling(max_new_tokens, temperature, top_k)
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples} must be at least 1")
+    settings = SamplingSettings(**sampling)
     if (checkpoint is None) == (onnx is None):
         raise ValueError("pass exactly one of --checkpoint CKPT (PyTorch) and --onnx EXPORT_DIR (onnxruntime)")
     if onnx is None and (int8 or window != "exact" or backend != "auto"):
@@ -193,16 +187,17 @@ def generate(
               f"the model sees only the last {block_size}", file=sys.stderr)  # fmt: skip
     torch.manual_seed(seed)
     new_tokens, seconds = 0, 0.0
-    for _ in range(num_samples):
+    for _ in range(settings.num_samples):
         start = time.perf_counter()
         if onnx is not None:
             idx = torch.from_numpy(vocab.encode(prompt))[None]  # (1, T)
-            out = exported.generate(idx, max_new_tokens, temperature, top_k, use_cache=use_cache, window=window)
+            out = exported.generate(idx, settings.max_new_tokens, settings.temperature, settings.top_k,
+                                    use_cache=use_cache, window=window)  # fmt: skip
             text = vocab.decode(out[0])
         else:
-            text = generate_text(model, vocab, prompt, max_new_tokens, temperature, top_k, use_cache=use_cache)
+            text = generate_text(model, vocab, prompt, settings, use_cache=use_cache)
         seconds += time.perf_counter() - start
-        new_tokens += max_new_tokens
+        new_tokens += settings.max_new_tokens
         print(text)
         print(SEPARATOR, flush=True)
     print(f"{new_tokens} tokens in {seconds:.2f} s ({new_tokens / seconds:.1f} tokens/s)", file=sys.stderr)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from lit_nanogpt.sampling import SamplingSettings
+
 SHIPPED_CORPUS = Path(__file__).parent / "assets" / "tinyshakespeare.txt"
 SHIPPED_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
@@ -202,10 +204,7 @@ class CharDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         cache_dir: str | None = None,
         prompts: list[str] | None = None,
-        num_samples: int = 1,
-        max_new_tokens: int = 500,
-        temperature: float = 0.8,
-        top_k: int | None = 200,
+        **sampling: Any,
     ) -> None:
         """Serve a character-level corpus for training, validation and sampling.
 
@@ -217,13 +216,12 @@ class CharDataModule(L.LightningDataModule):
             val_fraction: Share of the text, taken from its end, held out for validation.
             cache_dir: Where encoded splits are kept; default ``$LIT_NANOGPT_CACHE`` or ``~/.cache/lit_nanogpt``.
             prompts: ``predict`` only: the texts to continue; default a single newline.
-            num_samples: ``predict`` only: samples per prompt.
-            max_new_tokens: ``predict`` only: tokens generated per sample.
-            temperature: ``predict`` only: softmax temperature; 0 means greedy.
-            top_k: ``predict`` only: sample among the k most likely tokens; ``None`` for all.
+            sampling: ``predict`` only: ``SamplingSettings``' fields (``max_new_tokens``, ``temperature``,
+                ``top_k``, ``num_samples``), given flat: ``--data.max_new_tokens``.
         """
         super().__init__()
         self.save_hyperparameters()
+        self.sampling = SamplingSettings(**sampling)
         for name, value in (("block_size", block_size), ("batch_size", batch_size),
                             ("val_batch_size", val_batch_size)):  # fmt: skip
             if value < 1:
@@ -275,8 +273,8 @@ class CharDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         prompts = self.hparams.prompts or ["\n"]
         requests: list[dict[str, Any]] = [
-            {"prompt": p, "sample": i, "max_new_tokens": self.hparams.max_new_tokens,
-             "temperature": self.hparams.temperature, "top_k": self.hparams.top_k}
-            for p in prompts for i in range(self.hparams.num_samples)
-        ]  # fmt: skip
+            {"prompt": p, "sample": i, "sampling": self.sampling}
+            for p in prompts
+            for i in range(self.sampling.num_samples)
+        ]
         return DataLoader(requests, batch_size=None)

@@ -13,6 +13,7 @@ from torchmetrics.text import Perplexity
 
 from lit_nanogpt.data import Vocabulary
 from lit_nanogpt.model import GPT, SHAKESPEARE_CHAR, GPTConfig
+from lit_nanogpt.sampling import SamplingSettings
 
 
 def nanogpt_lr(step: int, learning_rate: float, min_lr: float, warmup_iters: int, lr_decay_iters: int) -> float:
@@ -112,12 +113,13 @@ class LitGPT(L.LightningModule):
         self.log("test_ppl", self.val_ppl)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Continue ``batch["prompt"]``; returns the request with ``text`` (prompt + continuation)."""
+        """Continue ``batch["prompt"]`` with ``batch["sampling"]``; returns the request, its settings
+        spelled out, with ``text`` (prompt + continuation)."""
         if self.vocab is None:
             raise ValueError("the model has no vocabulary: run predict with --ckpt_path CHECKPOINT")
-        text = generate_text(self.model, self.vocab, batch["prompt"], batch["max_new_tokens"],
-                             batch["temperature"], batch["top_k"])  # fmt: skip
-        return {**batch, "text": text}
+        sampling = batch["sampling"]
+        text = generate_text(self.model, self.vocab, batch["prompt"], sampling)
+        return {"prompt": batch["prompt"], "sample": batch["sample"], **dataclasses.asdict(sampling), "text": text}
 
     # ---- optimization ----
     def configure_optimizers(self) -> dict[str, Any]:
@@ -140,28 +142,16 @@ class LitGPT(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def validate_sampling(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
-    """One clear error for each sampling setting a user can get wrong."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k} must be at least 1 (1 is greedy), or unset to sample from all tokens")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 is greedy, 1 samples the model as it is)")
-
-
 def generate_text(
     model: GPT,
     vocab: Vocabulary,
     prompt: str,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
+    sampling: SamplingSettings,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
 ) -> str:
-    """The prompt followed by ``max_new_tokens`` generated characters."""
-    validate_sampling(max_new_tokens, temperature, top_k)
+    """The prompt followed by ``sampling.max_new_tokens`` generated characters: one sample (the caller
+    draws ``sampling.num_samples``)."""
     if not prompt:
         raise ValueError("the prompt is empty: give at least one character, e.g. a newline")
     device = next(model.parameters()).device
@@ -169,7 +159,8 @@ def generate_text(
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(idx, max_new_tokens, temperature, top_k, use_cache=use_cache, generator=generator)
+        out = model.generate(idx, sampling.max_new_tokens, sampling.temperature, sampling.top_k, use_cache=use_cache,
+                             generator=generator)  # fmt: skip
     finally:
         model.train(was_training)
     return vocab.decode(out[0])
