@@ -29,22 +29,25 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 @dataclass(frozen=True)
 class GPTConfig:
     """The one definition of the network's shape: a checkpoint, the CLI's ``--model.arch.*`` and an
-    export's manifest all take their fields from here."""
+    export's manifest all take their fields from here. The defaults are nanoGPT's (GPT-2 small).
+
+    Attributes:
+        block_size: Longest context the model attends to (and the size of the position table).
+        vocab_size: Number of token ids.
+        n_layer: Number of transformer blocks.
+        n_head: Attention heads per block; must divide ``n_embd``.
+        n_embd: Width of the residual stream.
+        dropout: Dropout probability on attention weights and residual branches (training only).
+        bias: Biases in Linear layers and LayerNorms, as GPT-2 has; ``False`` is a little better and faster.
+    """
 
     block_size: int = 1024
-    """Longest context the model attends to (and the size of the position table)."""
     vocab_size: int = 50304
-    """Number of token ids."""
     n_layer: int = 12
-    """Number of transformer blocks."""
     n_head: int = 12
-    """Attention heads per block; must divide ``n_embd``."""
     n_embd: int = 768
-    """Width of the residual stream."""
     dropout: float = 0.0
-    """Dropout probability on attention weights and residual branches (training only)."""
     bias: bool = True
-    """Biases in Linear layers and LayerNorms, as GPT-2 has; ``False`` is a little better and faster."""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):

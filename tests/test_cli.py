@@ -296,3 +296,19 @@ def test_checkpoint_with_the_architecture_at_the_top_level_still_loads(
     assert model.config == load_model(baby_ckpt)[0].config
     assert main(["validate", f"--ckpt_path={tmp_path / 'flat.ckpt'}", "--trainer.limit_val_batches=1"]) == 0
     assert "val_loss" in capsys.readouterr().out
+
+
+def test_architecture_options_come_from_gptconfig(capsys: pytest.CaptureFixture) -> None:
+    """``--model.arch.*``: every GPTConfig field, with GPTConfig's own help text."""
+    import dataclasses
+
+    import docstring_parser
+
+    with pytest.raises(SystemExit):
+        LitNanoGPTCLI(args=["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    docs = {p.arg_name: p.description for p in docstring_parser.parse(GPTConfig.__doc__ or "").params}
+    assert set(docs) == {f.name for f in dataclasses.fields(GPTConfig)}
+    for name, doc in docs.items():
+        if name != "vocab_size":  # linked from data.vocab_size, so not an option
+            assert f"--model.arch.{name} " in text and " ".join(doc.split()) in text, name

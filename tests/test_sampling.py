@@ -18,6 +18,7 @@ from lit_nanogpt.callbacks.validation_samples import ValidationSamples
 
 from lit_nanogpt.cli import LitNanoGPTCLI, main
 from lit_nanogpt.data import Vocabulary
+from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.module import LitGPT
 from lit_nanogpt.sampling import SamplingSettings
 from tests.conftest import NANOGPT_BABY, TINY
@@ -88,7 +89,7 @@ class RecordingWandbLogger(WandbLogger):
 
 def test_validation_samples_draws_num_samples_per_prompt_the_same_at_every_validation() -> None:
     vocab = Vocabulary("\nabcd")
-    module = LitGPT(**TINY, vocab_size=len(vocab))
+    module = LitGPT(GPTConfig(**TINY, vocab_size=len(vocab)))
     module.vocab = vocab
     logger = RecordingWandbLogger()
     trainer = SimpleNamespace(loggers=[logger], sanity_checking=False, state=SimpleNamespace(fn="fit"),
