@@ -28,9 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from lit_nanogpt.checkpoint import import_nanogpt, load_model  # noqa: E402
 from lit_nanogpt.data import SHIPPED_CORPUS, CharDataModule, Vocabulary  # noqa: E402
-from lit_nanogpt.export import export_model  # noqa: E402
+from lit_nanogpt.export import ExportedGPT, export_model  # noqa: E402
 from lit_nanogpt.model import GPT, GPTConfig  # noqa: E402
-from lit_nanogpt.onnx_infer import ExportedGPT  # noqa: E402
 
 BABY = ROOT / "tests" / "fixtures" / "nanogpt_baby"
 PROMPT = "ROMEO:"
@@ -60,11 +59,11 @@ def speed(repeats: int, lengths: list[int], work: Path) -> dict:
     manifest = export_model(model, vocab, work / "export", int8=True, atc=None)
     export_s = time.perf_counter() - start
     print(f"export: {export_fp32_s:.1f} s fp32 graphs only, {export_s:.1f} s with int8", flush=True)
-    sizes = {name: (work / "export" / name).stat().st_size for name in manifest["files"]}
+    sizes = {name: (work / "export" / name).stat().st_size for name in manifest.files}
     fp32, int8 = ExportedGPT(work / "export"), ExportedGPT(work / "export", int8=True)
     fp32.generate(idx, 2), int8.generate(idx, 2)  # open the sessions outside the timing
     out: dict = {"params": model.get_num_params(), "export_s": export_s, "export_fp32_s": export_fp32_s, "sizes": sizes,
-                 "max_abs_diff": manifest["max_abs_diff"], "tokens_per_s": {}}  # fmt: skip
+                 "max_abs_diff": manifest.max_abs_diff, "tokens_per_s": {}}  # fmt: skip
     kw = {"temperature": 0.8, "top_k": 200}
     for n in lengths:
         runs = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -11,8 +10,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nanogpt.checkpoint import load_model
 from lit_nanogpt.data import Vocabulary
-from lit_nanogpt.export import DEFAULT_OPSET, AtcOptions, export_model
+from lit_nanogpt.export import DEFAULT_OPSET, Manifest, export_model
 from lit_nanogpt.model import GPT
+from lit_nanogpt.npu.atc import AtcOptions
 
 
 class OnnxExport(Callback):
@@ -57,7 +57,7 @@ class OnnxExport(Callback):
         self.int8, self.tolerance = int8, tolerance
         self.atc = AtcOptions(soc_version=soc_version, precision_mode=precision_mode, log=atc_log, atc=atc,
                               enabled=compile)  # fmt: skip
-        self.last_manifest: dict | None = None
+        self.last_manifest: Manifest | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -72,13 +72,13 @@ class OnnxExport(Callback):
                 raise ValueError("the model has no vocabulary to export: train it with CharDataModule")
             model, vocab, source = pl_module.model, pl_module.vocab, f"final weights, step {trainer.global_step}"
         manifest = self.export(model, vocab, out, source)
-        worst = max(manifest["max_abs_diff"].values())
+        worst = max(manifest.max_abs_diff.values())
         rank_zero_info(f"Exported {source} to {out} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})")
         for logger in trainer.loggers:
             logger.log_metrics({"export/max_abs_diff": worst}, step=trainer.global_step)
         self.last_manifest = manifest
 
-    def export(self, model: GPT, vocab: Vocabulary, out: str | Path, source: str) -> dict[str, Any]:
+    def export(self, model: GPT, vocab: Vocabulary, out: str | Path, source: str) -> Manifest:
         """Export ``model`` to ``out`` with this callback's settings; ``lit-nanogpt export`` uses it too."""
         return export_model(model, vocab, out, opset=self.opset, batch_size=self.batch_size,
                             dynamic_dims=self.dynamic_dims, int8=self.int8, tolerance=self.tolerance,

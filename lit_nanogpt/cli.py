@@ -171,7 +171,7 @@ def generate(
     if prompt.startswith("FILE:"):
         prompt, _ = read_corpus(Path(prompt[5:]), what="prompt file")
     if onnx is not None:
-        from lit_nanogpt.onnx_infer import open_export
+        from lit_nanogpt.export import open_export
 
         exported, _ = open_export(onnx, int8=int8, backend=backend)
         vocab, block_size = exported.vocab, exported.block_size
@@ -237,7 +237,7 @@ def export_command(args: list[str]) -> None:
     model, vocab = load_model(cfg.checkpoint)
     callback = OnnxExport(**{name: cfg[name] for name in settings})
     manifest = callback.export(model, vocab, cfg.out, source=str(cfg.checkpoint))
-    worst = max(manifest["max_abs_diff"].values())
+    worst = max(manifest.max_abs_diff.values())
     print(f"Wrote {cfg.out} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})", file=sys.stderr)
 
 

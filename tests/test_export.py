@@ -24,10 +24,10 @@ from lit_nanogpt.callbacks import OnnxExport
 from lit_nanogpt.checkpoint import import_nanogpt, load_model
 from lit_nanogpt.cli import main
 from lit_nanogpt.data import CharDataModule
-from lit_nanogpt.export import ATC_ONNX_OPS, MANIFEST, AtcOptions, export_model
+from lit_nanogpt.export import MANIFEST, ExportedGPT, Manifest, TensorSpec, export_model, open_export
 from lit_nanogpt.module import LitGPT
+from lit_nanogpt.npu.atc import ATC_ONNX_OPS, AtcOptions
 from lit_nanogpt.npu.om import ais_bench_available
-from lit_nanogpt.onnx_infer import ExportedGPT, open_export, read_manifest
 from tests.conftest import NANOGPT_BABY, ROOT, TINY, run_cli
 
 EXPECTED = json.loads((NANOGPT_BABY / "expected.json").read_text())
@@ -83,8 +83,8 @@ print("ATC run success, welcome to the next use.")
 # ---- the graphs ----
 def test_graphs_are_opset_15_with_atc_ops_only(baby: tuple[Path, Path]) -> None:
     _, folder = baby
-    manifest = read_manifest(folder)
-    assert manifest["opset"] == 15 and manifest["block_size"] == 64
+    manifest = Manifest.read(folder)
+    assert manifest.opset == 15 and manifest.block_size == 64
     for name in ("full", "prefill", "decode"):
         model = onnx.load(str(folder / f"{name}.onnx"))
         onnx.checker.check_model(model, full_check=True)
@@ -92,22 +92,22 @@ def test_graphs_are_opset_15_with_atc_ops_only(baby: tuple[Path, Path]) -> None:
         ops = {n.op_type for n in model.graph.node}
         assert "Trilu" not in ops and "IsNaN" not in ops
         assert ops <= ATC_ONNX_OPS, ops - ATC_ONNX_OPS
-        assert sorted(ops) == manifest["graphs"][name]["ops"]
-    full = manifest["graphs"]["full"]
-    assert full["inputs"] == [{"name": "idx", "shape": [1, 64], "dtype": "int64"}]
-    assert full["outputs"] == [{"name": "logits", "shape": [1, 64, 65], "dtype": "float32"}]
-    decode = manifest["graphs"]["decode"]
-    assert [i["name"] for i in decode["inputs"]][:3] == ["idx", "past_key_0", "past_value_0"]
-    assert decode["inputs"][1]["shape"] == ["batch", 4, "past", 32]
-    assert len(decode["outputs"]) == 1 + 2 * 4 and decode["outputs"][1]["shape"] == ["batch", 4, "total", 32]
-    assert set(manifest["files"]) >= {"full.onnx", "prefill.onnx", "decode.onnx", "full.int8.onnx"}
+        assert sorted(ops) == manifest.graphs[name].ops
+    full = manifest.graphs["full"]
+    assert full.inputs == [TensorSpec(name="idx", shape=[1, 64], dtype="int64")]
+    assert full.outputs == [TensorSpec(name="logits", shape=[1, 64, 65], dtype="float32")]
+    decode = manifest.graphs["decode"]
+    assert [i.name for i in decode.inputs][:3] == ["idx", "past_key_0", "past_value_0"]
+    assert decode.inputs[1].shape == ["batch", 4, "past", 32]
+    assert len(decode.outputs) == 1 + 2 * 4 and decode.outputs[1].shape == ["batch", 4, "total", 32]
+    assert set(manifest.files) >= {"full.onnx", "prefill.onnx", "decode.onnx", "full.int8.onnx"}
 
 
 def test_onnx_logits_match_pytorch(baby: tuple[Path, Path]) -> None:
     ckpt, folder = baby
     model, _ = load_model(ckpt)
-    manifest = read_manifest(folder)
-    assert 0 <= max(manifest["max_abs_diff"].values()) <= 1e-4
+    manifest = Manifest.read(folder)
+    assert 0 <= max(manifest.max_abs_diff.values()) <= 1e-4
     idx = torch.randint(65, (1, 64), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref, _ = model(idx, idx)  # (1, 64, 65): the training path, with is_causal attention
@@ -196,24 +196,51 @@ def test_int8_graphs_cost_little_validation_loss(baby: tuple[Path, Path]) -> Non
 def test_bad_export_folders_give_one_clear_error(baby: tuple[Path, Path], tmp_path: Path) -> None:
     _, folder = baby
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        read_manifest(tmp_path / "nope")
+        Manifest.read(tmp_path / "nope")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
-        read_manifest(empty)
+        Manifest.read(empty)
     broken = _copy_export(folder, tmp_path / "broken")
     (broken / MANIFEST).write_text("{not json")
     with pytest.raises(ValueError, match="damaged or not a lit-nanogpt manifest"):
-        read_manifest(broken)
+        Manifest.read(broken)
     tampered = _copy_export(folder, tmp_path / "tampered")
     with (tampered / "decode.onnx").open("ab") as f:
         f.write(b"\0")
     with pytest.raises(ValueError, match="decode.onnx does not match the manifest's sha256"):
-        read_manifest(tampered)
+        Manifest.read(tampered)
     missing = _copy_export(folder, tmp_path / "missing")
     (missing / "full.onnx").unlink()
     with pytest.raises(ValueError, match="lists full.onnx but it is missing"):
         ExportedGPT(missing)
+
+
+def test_format_version_1_folders_still_read(
+    baby: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder from the exporter before the typed manifest (format_version 1, ``atc`` absent) reads as it is."""
+    _, folder = baby
+    old = _copy_export(folder, tmp_path / "v1")
+    v1 = Manifest.read(folder).to_dict()
+    assert v1.pop("atc") is None and v1["format_version"] == 2
+    v1["format_version"] = 1
+    assert list(v1) == ["format", "format_version", "vocab", "block_size", "batch_size", "dynamic_dims", "model",
+                        "opset", "exporter", "source", "max_abs_diff", "graphs", "files"]  # fmt: skip
+    (old / MANIFEST).write_text(json.dumps(v1, indent=1))
+    assert Manifest.read(old) == Manifest.read(folder)
+    generate = ["generate", "--onnx", str(old), "--prompt", "ROMEO:", "--max_new_tokens", "20", "--temperature", "0"]
+    assert main(generate) == 0
+    assert capsys.readouterr().out.startswith(EXPECTED["greedy"][:26] + "\n")
+    for change, message in [
+        ({"graphs": None}, f"{old / MANIFEST} is damaged or not a lit-nanogpt manifest (AttributeError: "),
+        ({"format_version": 3}, f"{old / MANIFEST} has format_version 3: upgrade lit-nanogpt to read it"),
+        ({"format_version": "1"}, "(ValueError: format_version '1' is not 1 or 2); export again"),
+    ]:
+        (old / MANIFEST).write_text(json.dumps({**v1, **change}))
+        assert main(generate) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("lit-nanogpt: error: ") and err.count("\n") == 1 and message in err, err
 
 
 def test_failed_export_keeps_the_previous_one(baby: tuple[Path, Path], tmp_path: Path) -> None:
@@ -224,7 +251,7 @@ def test_failed_export_keeps_the_previous_one(baby: tuple[Path, Path], tmp_path:
     with pytest.raises(ValueError, match="differ from PyTorch's"):
         export_model(model, vocab, out, int8=False, tolerance=-1.0)  # no export can pass this
     assert (out / MANIFEST).read_text() == before
-    read_manifest(out)
+    Manifest.read(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no partial folder left
 
 
@@ -244,11 +271,11 @@ def test_fake_atc_compiles_the_full_graph(
     assert args["soc_version"] == "Ascend910B" and args["precision_mode"] == "must_keep_origin_dtype"
     assert args["input_shape"] == ("idx:1,-1" if dims else "idx:1,64")
     assert args.get("dynamic_dims") == ("16;32;64" if dims else None)
-    assert manifest["atc"]["om"] == "full_Ascend910B.om"
+    assert manifest.atc.om == "full_Ascend910B.om"
     assert (out / "full_Ascend910B.om").read_bytes() == b"fake om for Ascend910B"
-    assert "ATC run success" in (out / manifest["atc"]["log"]).read_text()
-    assert manifest["atc"]["command"].startswith("atc --framework=5 --model=" + str((out / "full.onnx").resolve()))
-    assert "full_Ascend910B.om" in read_manifest(out)["files"]
+    assert "ATC run success" in (out / manifest.atc.log).read_text()
+    assert manifest.atc.command.startswith("atc --framework=5 --model=" + str((out / "full.onnx").resolve()))
+    assert "full_Ascend910B.om" in Manifest.read(out).files
     if dims:  # the dynamic-length full graph still pads to a profile length and stays exact
         exported = ExportedGPT(out)
         idx = torch.from_numpy(vocab.encode(EXPECTED["prompt"]))[None]
@@ -264,7 +291,7 @@ def test_failing_atc_fails_clearly_and_keeps_the_previous_export(
     model, vocab = load_model(ckpt)
     with pytest.raises(ValueError, match=r"atc failed \(exit code 2\).*E19999: fake atc failure"):
         export_model(model, vocab, out, int8=False, atc=AtcOptions(atc=str(script)))
-    assert "atc" not in read_manifest(out)  # the good export is untouched
+    assert Manifest.read(out).atc is None  # the good export is untouched
     assert "E19999" in (tmp_path / "export.full_Ascend310P3.atc.log").read_text()
 
 
@@ -277,14 +304,14 @@ def test_no_atc_writes_the_command_and_goes_on(
     out = tmp_path / "export"
     manifest = export_model(model, vocab, out, int8=False, atc=AtcOptions(soc_version="Ascend310B1"))
     lines = (out / "atc_command.sh").read_text().splitlines()
-    assert lines == [manifest["atc"]["command"]]
+    assert lines == [manifest.atc.command]
     assert lines[0] == (
         f"atc --framework=5 --model={out.resolve()}/full.onnx --output={out.resolve()}/full_Ascend310B1 "
         "--soc_version=Ascend310B1 --input_shape=idx:1,64 --input_format=ND "
         "--precision_mode=allow_fp32_to_fp16 --log=error"
     )
-    assert manifest["atc"]["om"] is None
-    warnings = [r.getMessage() for r in caplog.records if r.name == "lit_nanogpt.export"]
+    assert manifest.atc.om is None
+    warnings = [r.getMessage() for r in caplog.records if r.name == "lit_nanogpt.npu.atc"]
     assert warnings == [f"atc is not on PATH: compile for Ascend310B1 later with {out / 'atc_command.sh'}"]
 
 
@@ -305,15 +332,15 @@ def test_atc_tool_prints_and_runs_the_command(
     assert tool.main([str(out), "--soc_version", "Ascend310", "--atc", str(tmp_path / "nope")]) == 1
     assert "atc " + str(tmp_path / "nope") + " does not exist" in capsys.readouterr().err
     assert tool.main([str(out), "--atc", str(script)]) == 0
-    manifest = read_manifest(out)  # re-hashed: the .om and its log are now part of the folder
-    assert manifest["atc"]["om"] == "full_Ascend310P3.om" and "full_Ascend310P3.om" in manifest["files"]
+    manifest = Manifest.read(out)  # re-hashed: the .om and its log are now part of the folder
+    assert manifest.atc.om == "full_Ascend310P3.om" and "full_Ascend310P3.om" in manifest.files
     # A failing recompile leaves that compiled folder exactly as it was, and no staging folder behind.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     failing = _fake_atc(tmp_path / "bin2", exit_code=2)
     assert tool.main([str(out), "--atc", str(failing)]) == 1
     assert "atc failed (exit code 2)" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    read_manifest(out)
+    Manifest.read(out)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]
 
 
@@ -354,11 +381,11 @@ def test_cli_generate_bad_input_is_one_line(
     _, folder = baby
     fp32_only = tmp_path / "fp32"
     fp32_only.mkdir()
-    manifest = read_manifest(folder)
+    manifest = Manifest.read(folder)
     for name in ("full", "prefill", "decode"):
         shutil.copy(folder / f"{name}.onnx", fp32_only)
-        del manifest["graphs"][f"{name}_int8"], manifest["files"][f"{name}.int8.onnx"]
-    (fp32_only / MANIFEST).write_text(json.dumps(manifest))
+        del manifest.graphs[f"{name}_int8"], manifest.files[f"{name}.int8.onnx"]
+    (fp32_only / MANIFEST).write_text(json.dumps(manifest.to_dict()))
     assert main(["generate", *[str(fp32_only) if a == "EXPORT" else a for a in args]]) == 1
     err = capsys.readouterr().err
     assert err.startswith("lit-nanogpt: error: ") and err.count("\n") == 1 and message in err
@@ -377,9 +404,9 @@ def test_callback_exports_the_best_checkpoint_at_fit_end(tmp_path: Path, monkeyp
                         enable_model_summary=False, default_root_dir=tmp_path,
                         callbacks=[checkpoint, export])  # fmt: skip
     trainer.fit(model, dm)
-    manifest = read_manifest(tmp_path / "export")
-    assert manifest["source"] == checkpoint.best_model_path and manifest["vocab"] == dm.vocab.chars
-    assert manifest["atc"]["om"] is None and (tmp_path / "export" / "atc_command.sh").is_file()
+    manifest = Manifest.read(tmp_path / "export")
+    assert manifest.source == checkpoint.best_model_path and manifest.vocab == dm.vocab.chars
+    assert manifest.atc.om is None and (tmp_path / "export" / "atc_command.sh").is_file()
     best, _ = load_model(checkpoint.best_model_path)
     idx = torch.randint(dm.vocab_size, (1, TINY["block_size"]))
     with torch.no_grad():

@@ -10,18 +10,15 @@ The ``.om`` and atc's log land beside ``full.onnx``; ``lit-nanogpt generate --on
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from jsonargparse import auto_cli
 
-from lit_nanogpt.export import MANIFEST, AtcOptions, atc_command, run_atc, sha256
-from lit_nanogpt.onnx_infer import read_manifest
+from lit_nanogpt.export.manifest import Manifest, replacing
+from lit_nanogpt.npu.atc import AtcOptions, atc_command, run_atc
 
 
 def compile_om(
@@ -43,30 +40,19 @@ def compile_om(
         print_only: Print the command instead of running it.
     """
     path = Path(folder)
-    manifest = read_manifest(path)
+    manifest = Manifest.read(path)
     options = AtcOptions(soc_version=soc_version, precision_mode=precision_mode, log=log, atc=atc)
     if print_only:
         print(shlex.join(atc_command(path.resolve(), manifest, options)))
         return
     if options.executable() is None:
         raise FileNotFoundError("atc is not on PATH: source CANN's set_env.sh (see tools/atc/README.md) or pass --atc")
-    # Compile in a copy beside the folder and swap it in only when atc succeeded, so a failed or
-    # interrupted compile leaves the export (graphs, manifest, any earlier .om) exactly as it was.
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.atc."))
-    try:
-        shutil.copytree(path, staging, dirs_exist_ok=True)
-        run_atc(staging, path, manifest, options)
-        files = sorted(p for p in staging.iterdir() if p.is_file() and p.name != MANIFEST)
-        manifest["files"] = {p.name: sha256(p) for p in files}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        old = path.with_name(f".{path.name}.old")
-        path.rename(old)
-        staging.rename(path)
-        shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    print(f"Wrote {path / manifest['atc']['om']} (log: {path / manifest['atc']['log']})", file=sys.stderr)
+    # Compiled in a copy that replaces the folder only when atc succeeded, so a failed or interrupted
+    # compile leaves the export (graphs, manifest, any earlier .om) exactly as it was.
+    with replacing(path, copy=True) as staging:
+        manifest.atc = run_atc(staging, path, manifest, options)
+        manifest.write(staging)
+    print(f"Wrote {path / manifest.atc.om} (log: {path / manifest.atc.log})", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
