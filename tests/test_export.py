@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import inspect
 import json
 import os
 import re
 import shutil
 import stat
 import sys
+import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -24,7 +28,7 @@ from lit_nanogpt.callbacks import OnnxExport
 from lit_nanogpt.checkpoint import import_nanogpt, load_model
 from lit_nanogpt.cli import main
 from lit_nanogpt.data import CharDataModule
-from lit_nanogpt.export import MANIFEST, ExportedGPT, Manifest, TensorSpec, export_model, open_export
+from lit_nanogpt.export import MANIFEST, ExportedGPT, ExportSettings, Manifest, TensorSpec, export_model, open_export
 from lit_nanogpt.module import LitGPT
 from lit_nanogpt.npu.atc import ATC_ONNX_OPS, AtcOptions
 from lit_nanogpt.npu.om import ais_bench_available
@@ -40,7 +44,7 @@ def baby(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("baby_export")
     ckpt = import_nanogpt(NANOGPT_BABY / "ckpt.pt", NANOGPT_BABY / "meta.pkl", tmp / "baby.ckpt")
     model, vocab = load_model(ckpt)
-    export_model(model, vocab, tmp / "export", int8=True, atc=None, source=str(ckpt))
+    export_model(model, vocab, tmp / "export", ExportSettings(int8=True, atc=None), source=str(ckpt))
     return ckpt, tmp / "export"
 
 
@@ -78,6 +82,14 @@ print("ATC run success, welcome to the next use.")
     )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return script
+
+
+def _atc_tool():
+    """tools/atc/compile.py as a module."""
+    spec = importlib.util.spec_from_file_location("atc_compile", ROOT / "tools" / "atc" / "compile.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
 
 
 # ---- the graphs ----
@@ -249,7 +261,7 @@ def test_failed_export_keeps_the_previous_one(baby: tuple[Path, Path], tmp_path:
     before = (out / MANIFEST).read_text()
     model, vocab = load_model(ckpt)
     with pytest.raises(ValueError, match="differ from PyTorch's"):
-        export_model(model, vocab, out, int8=False, tolerance=-1.0)  # no export can pass this
+        export_model(model, vocab, out, ExportSettings(int8=False, tolerance=-1.0, atc=None))  # no export can pass this
     assert (out / MANIFEST).read_text() == before
     Manifest.read(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no partial folder left
@@ -266,7 +278,7 @@ def test_fake_atc_compiles_the_full_graph(
     model, vocab = load_model(ckpt)
     out = tmp_path / "export"
     atc = AtcOptions(soc_version="Ascend910B", precision_mode="must_keep_origin_dtype", log="info")
-    manifest = export_model(model, vocab, out, int8=False, dynamic_dims=dims, atc=atc)
+    manifest = export_model(model, vocab, out, ExportSettings(int8=False, dynamic_dims=dims, atc=atc))
     args = json.loads((tmp_path / "bin" / "args.json").read_text())
     assert args["soc_version"] == "Ascend910B" and args["precision_mode"] == "must_keep_origin_dtype"
     assert args["input_shape"] == ("idx:1,-1" if dims else "idx:1,64")
@@ -290,7 +302,7 @@ def test_failing_atc_fails_clearly_and_keeps_the_previous_export(
     script = _fake_atc(tmp_path / "bin", exit_code=2)
     model, vocab = load_model(ckpt)
     with pytest.raises(ValueError, match=r"atc failed \(exit code 2\).*E19999: fake atc failure"):
-        export_model(model, vocab, out, int8=False, atc=AtcOptions(atc=str(script)))
+        export_model(model, vocab, out, ExportSettings(int8=False, atc=AtcOptions(atc=str(script))))
     assert Manifest.read(out).atc is None  # the good export is untouched
     assert "E19999" in (tmp_path / "export.full_Ascend310P3.atc.log").read_text()
 
@@ -302,7 +314,7 @@ def test_no_atc_writes_the_command_and_goes_on(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     model, vocab = load_model(ckpt)
     out = tmp_path / "export"
-    manifest = export_model(model, vocab, out, int8=False, atc=AtcOptions(soc_version="Ascend310B1"))
+    manifest = export_model(model, vocab, out, ExportSettings(int8=False, atc=AtcOptions(soc_version="Ascend310B1")))
     lines = (out / "atc_command.sh").read_text().splitlines()
     assert lines == [manifest.atc.command]
     assert lines[0] == (
@@ -321,9 +333,7 @@ def test_atc_tool_prints_and_runs_the_command(
     _, folder = baby
     out = _copy_export(folder, tmp_path / "export")
     script = _fake_atc(tmp_path / "bin")
-    spec = importlib.util.spec_from_file_location("atc_compile", ROOT / "tools" / "atc" / "compile.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _atc_tool()
     assert tool.main([str(out), "--soc_version", "Ascend310", "--print_only", "true"]) == 0
     assert capsys.readouterr().out == f"atc --framework=5 --model={out.resolve()}/full.onnx " + (
         f"--output={out.resolve()}/full_Ascend310 --soc_version=Ascend310 --input_shape=idx:1,64 --input_format=ND "
@@ -398,7 +408,7 @@ def test_callback_exports_the_best_checkpoint_at_fit_end(tmp_path: Path, monkeyp
     dm = CharDataModule(block_size=TINY["block_size"], batch_size=4, val_batch_size=64)
     model = LitGPT(**TINY, vocab_size=dm.vocab_size, warmup_iters=0)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_top_k=1)
-    export = OnnxExport(int8=False)
+    export = OnnxExport(settings=ExportSettings(int8=False))
     trainer = L.Trainer(max_steps=6, val_check_interval=3, limit_val_batches=2, check_val_every_n_epoch=None,
                         num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path,
@@ -426,12 +436,99 @@ def test_shipped_configs_enable_the_export(config: Path) -> None:
     assert [type(c) for c in cli.trainer.callbacks].count(OnnxExport) == 1
 
 
+# ---- each setting defined once ----
+def _field_docs(cls: type) -> dict[str, str]:
+    """Each dataclass field's docstring, read from the class's source."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {
+        field.target.id: doc.value.value
+        for field, doc in zip(body, body[1:], strict=False)
+        if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+    }
+
+
+def test_each_export_setting_is_defined_once(
+    baby_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ExportSettings and AtcOptions define every setting: their field docstrings are the help of
+    ``lit-nanogpt export`` and tools/atc/compile.py, and the callback's YAML entry, through the CLI's
+    parser and back, gives the same settings as the same names given to ``lit-nanogpt export``."""
+    settings_docs, atc_docs = _field_docs(ExportSettings), _field_docs(AtcOptions)
+    assert set(settings_docs) == {"opset", "batch_size", "dynamic_dims", "int8", "tolerance", "atc"}
+    assert set(atc_docs) == {"soc_version", "precision_mode", "log", "atc", "enabled"}
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    export_help = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        _atc_tool().main(["--help"])
+    tool_help = capsys.readouterr().out
+    options = {f"--{k}": v for k, v in settings_docs.items() if k != "atc"}
+    options |= {f"--atc.{k}": v for k, v in atc_docs.items()}
+    options_tool = {f"--{k}": v for k, v in atc_docs.items() if k != "enabled"}
+    for text, expected in [(export_help, options), (tool_help, options_tool)]:
+        squeezed = "".join(text.split())  # the help is re-wrapped
+        for option, doc in expected.items():
+            assert f"  {option} " in text and "".join(doc.split()) in squeezed, option
+        assert "atc_log" not in text and "--compile" not in text
+
+    init_args = {
+        "dirpath": str(tmp_path / "fit_export"),
+        "weights": "last",
+        "settings": {
+            "opset": 14,
+            "batch_size": 2,
+            "dynamic_dims": [16, 32],
+            "int8": False,
+            "tolerance": 0.001,
+            "atc": {"soc_version": "Ascend910B", "precision_mode": "force_fp16", "log": "info", "atc": "/opt/atc",
+                    "enabled": False},
+        },
+    }  # fmt: skip
+    atc = AtcOptions(soc_version="Ascend910B", precision_mode="force_fp16", log="info", atc="/opt/atc", enabled=False)
+    expected = ExportSettings(opset=14, batch_size=2, dynamic_dims=[16, 32], int8=False, tolerance=0.001, atc=atc)
+    config = yaml.safe_load((ROOT / "configs" / "shakespeare_char_cpu.yaml").read_text())
+    config["trainer"]["callbacks"] = [{"class_path": "lit_nanogpt.callbacks.OnnxExport", "init_args": init_args}]
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    from lit_nanogpt.cli import LitNanoGPTCLI
+
+    with pytest.raises(SystemExit):
+        LitNanoGPTCLI(args=["fit", "--config", str(config_file), "--print_config"])
+    (printed,) = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
+    assert printed == {"class_path": "lit_nanogpt.callbacks.OnnxExport", "init_args": init_args}
+    config["trainer"]["callbacks"] = [printed]
+    config_file.write_text(yaml.safe_dump(config))
+    trainer = LitNanoGPTCLI(args=["--config", str(config_file)], run=False).trainer
+    (callback,) = [c for c in trainer.callbacks if isinstance(c, OnnxExport)]
+    assert (callback.dirpath, callback.weights, callback.settings) == (init_args["dirpath"], "last", expected)
+
+    seen = {}
+
+    def fake_export(model, vocab, out, settings, source=None):
+        seen["settings"] = settings
+        return SimpleNamespace(max_abs_diff={"full": 0.0})
+
+    monkeypatch.setattr("lit_nanogpt.export.export_model", fake_export)
+    flags = []
+    for key, value in init_args["settings"].items():
+        pairs = value.items() if key == "atc" else [(None, value)]
+        for sub, v in pairs:
+            flags += [f"--{key}.{sub}" if sub else f"--{key}", v if isinstance(v, str) else json.dumps(v)]
+    assert main(["export", "--checkpoint", str(baby_ckpt), "--out", str(tmp_path / "export"), *flags]) == 0
+    assert seen["settings"] == expected
+    (tmp_path / "atc.yaml").write_text(yaml.safe_dump(init_args["settings"]["atc"]))  # the YAML block, as a file
+    assert main(["export", "--checkpoint", str(baby_ckpt), "--out", str(tmp_path / "export"),
+                 "--atc", str(tmp_path / "atc.yaml")]) == 0  # fmt: skip
+    assert seen["settings"] == ExportSettings(atc=atc)
+
+
 # ---- Ascend runtimes: gated ----
 @pytest.mark.skipif(not ais_bench_available(), reason="needs ais_bench and an Ascend NPU with CANN")
 def test_om_generation_on_ascend(baby: tuple[Path, Path], tmp_path: Path) -> None:  # pragma: no cover
     ckpt, _ = baby
     model, vocab = load_model(ckpt)
-    export_model(model, vocab, tmp_path / "export", int8=False, atc=AtcOptions(precision_mode="must_keep_origin_dtype"))
+    atc = AtcOptions(precision_mode="must_keep_origin_dtype")
+    export_model(model, vocab, tmp_path / "export", ExportSettings(int8=False, atc=atc))
     exported, backend = open_export(tmp_path / "export", backend="om")
     idx = torch.from_numpy(vocab.encode(EXPECTED["prompt"]))[None]
     assert backend == "om"

@@ -9,9 +9,10 @@ An export folder holds, beside a ``manifest.json`` that makes it self-contained:
   keys and values and returns them one position longer.
 * optionally ``*.int8.onnx``: the same graphs with int8 weights (onnxruntime's dynamic quantization).
 
-The graphs go through torch's TorchScript exporter at opset 15 by default, as recent CANN releases'
-``atc`` read ONNX opsets 11 to 15 and the dynamo exporter starts at 18. Attention is written out with
-an additive mask (no ``Trilu``, no ``IsNaN``) by a custom symbolic, so every op is one ``atc`` knows.
+The graphs go through torch's TorchScript exporter at opset 15 by default (``ExportSettings.opset``),
+as recent CANN releases' ``atc`` read ONNX opsets 11 to 15 and the dynamo exporter starts at 18.
+Attention is written out with an additive mask (no ``Trilu``, no ``IsNaN``) by a custom symbolic, so
+every op is one ``atc`` knows (``lit_nanogpt.npu.atc.ATC_ONNX_OPS``).
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ import torch.nn as nn
 
 from lit_nanogpt.data import Vocabulary
 from lit_nanogpt.export.manifest import Graph, Manifest, ModelShape, TensorSpec, replacing
+from lit_nanogpt.export.settings import ExportSettings
 from lit_nanogpt.model import GPT
-from lit_nanogpt.npu.atc import ATC_ONNX_OPS, AtcOptions, run_atc
+from lit_nanogpt.npu.atc import ATC_ONNX_OPS, run_atc
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 15
 # Large enough that exp() of it is exactly 0 in fp32, small enough to stay finite in fp16 on Ascend.
 _MASKED = -1.0e4
 
@@ -203,13 +204,7 @@ def export_model(
     model: GPT,
     vocab: Vocabulary,
     out: str | Path,
-    *,
-    opset: int = DEFAULT_OPSET,
-    batch_size: int = 1,
-    dynamic_dims: list[int] | None = None,
-    int8: bool = True,
-    tolerance: float = 1e-4,
-    atc: AtcOptions | None = None,
+    settings: ExportSettings | None = None,
     source: str | None = None,
 ) -> Manifest:
     """Export ``model`` into the folder ``out``, replacing it only once everything has succeeded.
@@ -218,17 +213,14 @@ def export_model(
         model: The network; a CPU fp32 copy in eval mode is exported, ``model`` is left as it is.
         vocab: Its vocabulary, written into the manifest.
         out: The export folder.
-        opset: ONNX opset; CANN's atc reads 11 to 15.
-        batch_size: The batch of the full-context graph (the cached graphs take any batch).
-        dynamic_dims: Lengths for ``atc --dynamic_dims``; the full graph then takes any length up to block_size.
-        int8: Also write int8-weight copies of the graphs (``*.int8.onnx``).
-        tolerance: Largest allowed max abs difference of fp32 onnxruntime logits from PyTorch's.
-        atc: How to compile for Ascend; ``None`` skips atc altogether.
+        settings: How to export; default ``ExportSettings()``.
         source: Where the weights came from, recorded in the manifest.
 
     Returns:
-        The manifest.
+        The manifest, as written into ``out``.
     """
+    settings = settings if settings is not None else ExportSettings()
+    opset, batch_size, dynamic_dims = settings.opset, settings.batch_size, settings.dynamic_dims
     if not 11 <= opset <= 17:
         raise ValueError(f"opset={opset} is outside 11..17: atc reads 11 to 15, use 15")
     if batch_size < 1:
@@ -266,13 +258,13 @@ def export_model(
         graphs = {name: check_graph(tmp / f"{name}.onnx", opset) for name in ("full", "prefill", "decode")}
         parity = _parity(tmp, model, batch_size, config.block_size)
         worst = max(parity.values())
-        if worst > tolerance:
+        if worst > settings.tolerance:
             raise ValueError(
-                f"onnxruntime's logits differ from PyTorch's by up to {worst:.3g} (> tolerance {tolerance:g}): "
-                f"{parity}; the export was not written"
+                f"onnxruntime's logits differ from PyTorch's by up to {worst:.3g} "
+                f"(> tolerance {settings.tolerance:g}): {parity}; the export was not written"
             )
         log.info(f"ONNX export: onnxruntime vs PyTorch fp32 logits, max abs difference {worst:.3g}")
-        if int8:
+        if settings.int8:
             for name in ("full", "prefill", "decode"):
                 quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx")
                 graphs[f"{name}_int8"] = check_graph(tmp / f"{name}.int8.onnx", opset, allowed_ops=None)
@@ -288,7 +280,7 @@ def export_model(
             max_abs_diff=parity,
             graphs=graphs,
         )
-        if atc is not None:
-            manifest.atc = run_atc(tmp, out, manifest, atc)
+        if settings.atc is not None:
+            manifest.atc = run_atc(tmp, out, manifest, settings.atc)
         manifest.write(tmp)
     return manifest
