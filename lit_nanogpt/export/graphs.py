@@ -22,6 +22,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -273,7 +274,7 @@ def export_model(
             block_size=config.block_size,
             batch_size=batch_size,
             dynamic_dims=dynamic_dims,
-            model=ModelShape(**{k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "bias")}),
+            model=ModelShape(**{f.name: getattr(config, f.name) for f in fields(ModelShape)}),
             opset=opset,
             exporter=f"torch.onnx TorchScript exporter, torch {torch.__version__}",
             source=source,
