@@ -28,9 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from lit_nanogpt.checkpoint import import_nanogpt, load_model  # noqa: E402
 from lit_nanogpt.data import SHIPPED_CORPUS, CharDataModule, Vocabulary  # noqa: E402
-from lit_nanogpt.export import export_model  # noqa: E402
+from lit_nanogpt.export import ExportedGPT, ExportSettings, export_model  # noqa: E402
 from lit_nanogpt.model import GPT, GPTConfig  # noqa: E402
-from lit_nanogpt.onnx_infer import ExportedGPT  # noqa: E402
 
 BABY = ROOT / "tests" / "fixtures" / "nanogpt_baby"
 PROMPT = "ROMEO:"
@@ -54,17 +53,17 @@ def speed(repeats: int, lengths: list[int], work: Path) -> dict:
     vocab = Vocabulary.from_text(SHIPPED_CORPUS.read_text(encoding="utf-8"))  # Tiny Shakespeare's 65 characters
     idx = torch.from_numpy(vocab.encode(PROMPT))[None]
     start = time.perf_counter()
-    export_model(model, vocab, work / "export_fp32", int8=False, atc=None)
+    export_model(model, vocab, work / "export_fp32", ExportSettings(int8=False, atc=None))
     export_fp32_s = time.perf_counter() - start
     start = time.perf_counter()
-    manifest = export_model(model, vocab, work / "export", int8=True, atc=None)
+    manifest = export_model(model, vocab, work / "export", ExportSettings(int8=True, atc=None))
     export_s = time.perf_counter() - start
     print(f"export: {export_fp32_s:.1f} s fp32 graphs only, {export_s:.1f} s with int8", flush=True)
-    sizes = {name: (work / "export" / name).stat().st_size for name in manifest["files"]}
+    sizes = {name: (work / "export" / name).stat().st_size for name in manifest.files}
     fp32, int8 = ExportedGPT(work / "export"), ExportedGPT(work / "export", int8=True)
     fp32.generate(idx, 2), int8.generate(idx, 2)  # open the sessions outside the timing
     out: dict = {"params": model.get_num_params(), "export_s": export_s, "export_fp32_s": export_fp32_s, "sizes": sizes,
-                 "max_abs_diff": manifest["max_abs_diff"], "tokens_per_s": {}}  # fmt: skip
+                 "max_abs_diff": manifest.max_abs_diff, "tokens_per_s": {}}  # fmt: skip
     kw = {"temperature": 0.8, "top_k": 200}
     for n in lengths:
         runs = {
@@ -111,7 +110,7 @@ def quality(work: Path, val_tokens: int) -> dict:
     """On the trained baby model: validation loss of fp32 vs int8 graphs, and of the exact vs half window."""
     ckpt = import_nanogpt(BABY / "ckpt.pt", BABY / "meta.pkl", work / "baby.ckpt")
     model, vocab = load_model(ckpt)
-    export_model(model, vocab, work / "baby", int8=True, atc=None)
+    export_model(model, vocab, work / "baby", ExportSettings(int8=True, atc=None))
     block = model.config.block_size
     dm = CharDataModule(block_size=block, cache_dir=str(work / "cache"))
     val = dm.corpus.split("val").numpy()

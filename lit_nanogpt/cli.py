@@ -170,7 +170,7 @@ def generate(
     if prompt.startswith("FILE:"):
         prompt, _ = read_corpus(Path(prompt[5:]), what="prompt file")
     if onnx is not None:
-        from lit_nanogpt.onnx_infer import open_export
+        from lit_nanogpt.export import open_export
 
         exported, _ = open_export(onnx, int8=int8, backend=backend)
         vocab, block_size = exported.vocab, exported.block_size
@@ -216,14 +216,16 @@ def import_nanogpt_command(ckpt: str, meta: str, out: str) -> None:
 
 
 def export_command(args: list[str]) -> None:
-    """``lit-nanogpt export --checkpoint X.ckpt --out DIR [OnnxExport's settings]``.
+    """``lit-nanogpt export --checkpoint X.ckpt --out DIR [--opset ... --atc.soc_version ...]``.
 
-    The settings are the fit-end export callback's own (``lit_nanogpt.callbacks.OnnxExport``), so they are
-    defined once and the same names work in a config's callback entry and on this command line.
+    The options are ``lit_nanogpt.export.ExportSettings``' fields, the same the fit-end callback
+    ``lit_nanogpt.callbacks.OnnxExport`` takes as ``init_args.settings``: each is defined once.
     """
     from jsonargparse import ArgumentParser
 
-    from lit_nanogpt.callbacks.export import OnnxExport
+    from lit_nanogpt.export import ExportSettings, export_model
+    from lit_nanogpt.export.settings import add_arguments, from_options
+    from lit_nanogpt.npu.atc import AtcOptions
 
     parser = ArgumentParser(prog=f"{PROG} export", description="Export a lit-nanogpt checkpoint to an ONNX folder, "
                             "and compile it with atc when atc is installed.")  # fmt: skip
@@ -231,14 +233,16 @@ def export_command(args: list[str]) -> None:
     parser.add_argument(
         "--out", required=True, help="The export folder; replaced only once the new export is complete."
     )
-    skip = {"dirpath", "weights"}  # where and what the callback exports at fit end: given here by the two above
-    settings = parser.add_class_arguments(OnnxExport, None, skip=skip)  # the names of the added options
-    cfg = parser.parse_args(args)
-    model, vocab = load_model(cfg.checkpoint)
-    callback = OnnxExport(**{name: cfg[name] for name in settings})
-    manifest = callback.export(model, vocab, cfg.out, source=str(cfg.checkpoint))
-    worst = max(manifest["max_abs_diff"].values())
-    print(f"Wrote {cfg.out} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})", file=sys.stderr)
+    # AtcOptions as a group of its own, so that --help lists each of its options (jsonargparse shows
+    # ExportSettings.atc, an optional dataclass, as one --atc.help); atc=None is for Python callers.
+    add_arguments(parser, ExportSettings, skip={"atc"})
+    add_arguments(parser, AtcOptions, "atc")
+    cfg = parser.parse_args(args).as_dict()
+    settings = from_options(ExportSettings, cfg, atc=from_options(AtcOptions, cfg["atc"]))
+    model, vocab = load_model(cfg["checkpoint"])
+    manifest = export_model(model, vocab, cfg["out"], settings, source=str(cfg["checkpoint"]))
+    worst = max(manifest.max_abs_diff.values())
+    print(f"Wrote {cfg['out']} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})", file=sys.stderr)
 
 
 def _quiet_lightning() -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import inspect
 import json
 import os
 import re
 import shutil
 import stat
 import sys
+import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -24,11 +28,11 @@ from lit_nanogpt.callbacks import OnnxExport
 from lit_nanogpt.checkpoint import import_nanogpt, load_model
 from lit_nanogpt.cli import main
 from lit_nanogpt.data import CharDataModule
-from lit_nanogpt.export import ATC_ONNX_OPS, MANIFEST, AtcOptions, export_model
+from lit_nanogpt.export import MANIFEST, ExportedGPT, ExportSettings, Manifest, TensorSpec, export_model, open_export
 from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.module import LitGPT
+from lit_nanogpt.npu.atc import ATC_ONNX_OPS, AtcOptions
 from lit_nanogpt.npu.om import ais_bench_available
-from lit_nanogpt.onnx_infer import ExportedGPT, open_export, read_manifest
 from tests.conftest import NANOGPT_BABY, ROOT, TINY, run_cli
 
 EXPECTED = json.loads((NANOGPT_BABY / "expected.json").read_text())
@@ -41,7 +45,7 @@ def baby(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("baby_export")
     ckpt = import_nanogpt(NANOGPT_BABY / "ckpt.pt", NANOGPT_BABY / "meta.pkl", tmp / "baby.ckpt")
     model, vocab = load_model(ckpt)
-    export_model(model, vocab, tmp / "export", int8=True, atc=None, source=str(ckpt))
+    export_model(model, vocab, tmp / "export", ExportSettings(int8=True, atc=None), source=str(ckpt))
     return ckpt, tmp / "export"
 
 
@@ -81,11 +85,19 @@ print("ATC run success, welcome to the next use.")
     return script
 
 
+def _atc_tool():
+    """tools/atc/compile.py as a module."""
+    spec = importlib.util.spec_from_file_location("atc_compile", ROOT / "tools" / "atc" / "compile.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
 # ---- the graphs ----
 def test_graphs_are_opset_15_with_atc_ops_only(baby: tuple[Path, Path]) -> None:
     _, folder = baby
-    manifest = read_manifest(folder)
-    assert manifest["opset"] == 15 and manifest["block_size"] == 64
+    manifest = Manifest.read(folder)
+    assert manifest.opset == 15 and manifest.block_size == 64
     for name in ("full", "prefill", "decode"):
         model = onnx.load(str(folder / f"{name}.onnx"))
         onnx.checker.check_model(model, full_check=True)
@@ -93,22 +105,22 @@ def test_graphs_are_opset_15_with_atc_ops_only(baby: tuple[Path, Path]) -> None:
         ops = {n.op_type for n in model.graph.node}
         assert "Trilu" not in ops and "IsNaN" not in ops
         assert ops <= ATC_ONNX_OPS, ops - ATC_ONNX_OPS
-        assert sorted(ops) == manifest["graphs"][name]["ops"]
-    full = manifest["graphs"]["full"]
-    assert full["inputs"] == [{"name": "idx", "shape": [1, 64], "dtype": "int64"}]
-    assert full["outputs"] == [{"name": "logits", "shape": [1, 64, 65], "dtype": "float32"}]
-    decode = manifest["graphs"]["decode"]
-    assert [i["name"] for i in decode["inputs"]][:3] == ["idx", "past_key_0", "past_value_0"]
-    assert decode["inputs"][1]["shape"] == ["batch", 4, "past", 32]
-    assert len(decode["outputs"]) == 1 + 2 * 4 and decode["outputs"][1]["shape"] == ["batch", 4, "total", 32]
-    assert set(manifest["files"]) >= {"full.onnx", "prefill.onnx", "decode.onnx", "full.int8.onnx"}
+        assert sorted(ops) == manifest.graphs[name].ops
+    full = manifest.graphs["full"]
+    assert full.inputs == [TensorSpec(name="idx", shape=[1, 64], dtype="int64")]
+    assert full.outputs == [TensorSpec(name="logits", shape=[1, 64, 65], dtype="float32")]
+    decode = manifest.graphs["decode"]
+    assert [i.name for i in decode.inputs][:3] == ["idx", "past_key_0", "past_value_0"]
+    assert decode.inputs[1].shape == ["batch", 4, "past", 32]
+    assert len(decode.outputs) == 1 + 2 * 4 and decode.outputs[1].shape == ["batch", 4, "total", 32]
+    assert set(manifest.files) >= {"full.onnx", "prefill.onnx", "decode.onnx", "full.int8.onnx"}
 
 
 def test_onnx_logits_match_pytorch(baby: tuple[Path, Path]) -> None:
     ckpt, folder = baby
     model, _ = load_model(ckpt)
-    manifest = read_manifest(folder)
-    assert 0 <= max(manifest["max_abs_diff"].values()) <= 1e-4
+    manifest = Manifest.read(folder)
+    assert 0 <= max(manifest.max_abs_diff.values()) <= 1e-4
     idx = torch.randint(65, (1, 64), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref, _ = model(idx, idx)  # (1, 64, 65): the training path, with is_causal attention
@@ -197,24 +209,57 @@ def test_int8_graphs_cost_little_validation_loss(baby: tuple[Path, Path]) -> Non
 def test_bad_export_folders_give_one_clear_error(baby: tuple[Path, Path], tmp_path: Path) -> None:
     _, folder = baby
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        read_manifest(tmp_path / "nope")
+        Manifest.read(tmp_path / "nope")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
-        read_manifest(empty)
+        Manifest.read(empty)
     broken = _copy_export(folder, tmp_path / "broken")
     (broken / MANIFEST).write_text("{not json")
     with pytest.raises(ValueError, match="damaged or not a lit-nanogpt manifest"):
-        read_manifest(broken)
+        Manifest.read(broken)
     tampered = _copy_export(folder, tmp_path / "tampered")
     with (tampered / "decode.onnx").open("ab") as f:
         f.write(b"\0")
     with pytest.raises(ValueError, match="decode.onnx does not match the manifest's sha256"):
-        read_manifest(tampered)
+        Manifest.read(tampered)
     missing = _copy_export(folder, tmp_path / "missing")
     (missing / "full.onnx").unlink()
     with pytest.raises(ValueError, match="lists full.onnx but it is missing"):
         ExportedGPT(missing)
+
+
+def test_format_version_1_folders_still_read(
+    baby: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder from the exporter before the typed manifest (format_version 1, ``atc`` absent) reads as it is."""
+    _, folder = baby
+    old = _copy_export(folder, tmp_path / "v1")
+    v2 = Manifest.read(folder).to_dict()
+    assert v2.pop("atc") is None and v2["format_version"] == 2
+    # Version 1 kept block_size beside a model of the five shape fields, and had no dropout.
+    model = v2.pop("model")
+    assert model["dropout"] == 0.0
+    v1 = {"format": v2.pop("format"), "format_version": 1, "vocab": v2.pop("vocab"), "block_size": model["block_size"],
+          "batch_size": v2.pop("batch_size"), "dynamic_dims": v2.pop("dynamic_dims"),
+          "model": {k: model[k] for k in ("n_layer", "n_head", "n_embd", "vocab_size", "bias")}}  # fmt: skip
+    v1.update({k: v for k, v in v2.items() if k != "format_version"})
+    assert list(v1) == ["format", "format_version", "vocab", "block_size", "batch_size", "dynamic_dims", "model",
+                        "opset", "exporter", "source", "max_abs_diff", "graphs", "files"]  # fmt: skip
+    (old / MANIFEST).write_text(json.dumps(v1, indent=1))
+    assert Manifest.read(old) == Manifest.read(folder)
+    generate = ["generate", "--onnx", str(old), "--prompt", "ROMEO:", "--max_new_tokens", "20", "--temperature", "0"]
+    assert main(generate) == 0
+    assert capsys.readouterr().out.startswith(EXPECTED["greedy"][:26] + "\n")
+    for change, message in [
+        ({"graphs": None}, f"{old / MANIFEST} is damaged or not a lit-nanogpt manifest (AttributeError: "),
+        ({"format_version": 3}, f"{old / MANIFEST} has format_version 3: upgrade lit-nanogpt to read it"),
+        ({"format_version": "1"}, "(ValueError: format_version '1' is not 1 or 2); export again"),
+    ]:
+        (old / MANIFEST).write_text(json.dumps({**v1, **change}))
+        assert main(generate) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("lit-nanogpt: error: ") and err.count("\n") == 1 and message in err, err
 
 
 def test_failed_export_keeps_the_previous_one(baby: tuple[Path, Path], tmp_path: Path) -> None:
@@ -223,9 +268,9 @@ def test_failed_export_keeps_the_previous_one(baby: tuple[Path, Path], tmp_path:
     before = (out / MANIFEST).read_text()
     model, vocab = load_model(ckpt)
     with pytest.raises(ValueError, match="differ from PyTorch's"):
-        export_model(model, vocab, out, int8=False, tolerance=-1.0)  # no export can pass this
+        export_model(model, vocab, out, ExportSettings(int8=False, tolerance=-1.0, atc=None))  # no export can pass this
     assert (out / MANIFEST).read_text() == before
-    read_manifest(out)
+    Manifest.read(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no partial folder left
 
 
@@ -240,16 +285,16 @@ def test_fake_atc_compiles_the_full_graph(
     model, vocab = load_model(ckpt)
     out = tmp_path / "export"
     atc = AtcOptions(soc_version="Ascend910B", precision_mode="must_keep_origin_dtype", log="info")
-    manifest = export_model(model, vocab, out, int8=False, dynamic_dims=dims, atc=atc)
+    manifest = export_model(model, vocab, out, ExportSettings(int8=False, dynamic_dims=dims, atc=atc))
     args = json.loads((tmp_path / "bin" / "args.json").read_text())
     assert args["soc_version"] == "Ascend910B" and args["precision_mode"] == "must_keep_origin_dtype"
     assert args["input_shape"] == ("idx:1,-1" if dims else "idx:1,64")
     assert args.get("dynamic_dims") == ("16;32;64" if dims else None)
-    assert manifest["atc"]["om"] == "full_Ascend910B.om"
+    assert manifest.atc.om == "full_Ascend910B.om"
     assert (out / "full_Ascend910B.om").read_bytes() == b"fake om for Ascend910B"
-    assert "ATC run success" in (out / manifest["atc"]["log"]).read_text()
-    assert manifest["atc"]["command"].startswith("atc --framework=5 --model=" + str((out / "full.onnx").resolve()))
-    assert "full_Ascend910B.om" in read_manifest(out)["files"]
+    assert "ATC run success" in (out / manifest.atc.log).read_text()
+    assert manifest.atc.command.startswith("atc --framework=5 --model=" + str((out / "full.onnx").resolve()))
+    assert "full_Ascend910B.om" in Manifest.read(out).files
     if dims:  # the dynamic-length full graph still pads to a profile length and stays exact
         exported = ExportedGPT(out)
         idx = torch.from_numpy(vocab.encode(EXPECTED["prompt"]))[None]
@@ -264,8 +309,8 @@ def test_failing_atc_fails_clearly_and_keeps_the_previous_export(
     script = _fake_atc(tmp_path / "bin", exit_code=2)
     model, vocab = load_model(ckpt)
     with pytest.raises(ValueError, match=r"atc failed \(exit code 2\).*E19999: fake atc failure"):
-        export_model(model, vocab, out, int8=False, atc=AtcOptions(atc=str(script)))
-    assert "atc" not in read_manifest(out)  # the good export is untouched
+        export_model(model, vocab, out, ExportSettings(int8=False, atc=AtcOptions(atc=str(script))))
+    assert Manifest.read(out).atc is None  # the good export is untouched
     assert "E19999" in (tmp_path / "export.full_Ascend310P3.atc.log").read_text()
 
 
@@ -276,16 +321,16 @@ def test_no_atc_writes_the_command_and_goes_on(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     model, vocab = load_model(ckpt)
     out = tmp_path / "export"
-    manifest = export_model(model, vocab, out, int8=False, atc=AtcOptions(soc_version="Ascend310B1"))
+    manifest = export_model(model, vocab, out, ExportSettings(int8=False, atc=AtcOptions(soc_version="Ascend310B1")))
     lines = (out / "atc_command.sh").read_text().splitlines()
-    assert lines == [manifest["atc"]["command"]]
+    assert lines == [manifest.atc.command]
     assert lines[0] == (
         f"atc --framework=5 --model={out.resolve()}/full.onnx --output={out.resolve()}/full_Ascend310B1 "
         "--soc_version=Ascend310B1 --input_shape=idx:1,64 --input_format=ND "
         "--precision_mode=allow_fp32_to_fp16 --log=error"
     )
-    assert manifest["atc"]["om"] is None
-    warnings = [r.getMessage() for r in caplog.records if r.name == "lit_nanogpt.export"]
+    assert manifest.atc.om is None
+    warnings = [r.getMessage() for r in caplog.records if r.name == "lit_nanogpt.npu.atc"]
     assert warnings == [f"atc is not on PATH: compile for Ascend310B1 later with {out / 'atc_command.sh'}"]
 
 
@@ -295,9 +340,7 @@ def test_atc_tool_prints_and_runs_the_command(
     _, folder = baby
     out = _copy_export(folder, tmp_path / "export")
     script = _fake_atc(tmp_path / "bin")
-    spec = importlib.util.spec_from_file_location("atc_compile", ROOT / "tools" / "atc" / "compile.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _atc_tool()
     assert tool.main([str(out), "--soc_version", "Ascend310", "--print_only", "true"]) == 0
     assert capsys.readouterr().out == f"atc --framework=5 --model={out.resolve()}/full.onnx " + (
         f"--output={out.resolve()}/full_Ascend310 --soc_version=Ascend310 --input_shape=idx:1,64 --input_format=ND "
@@ -306,15 +349,15 @@ def test_atc_tool_prints_and_runs_the_command(
     assert tool.main([str(out), "--soc_version", "Ascend310", "--atc", str(tmp_path / "nope")]) == 1
     assert "atc " + str(tmp_path / "nope") + " does not exist" in capsys.readouterr().err
     assert tool.main([str(out), "--atc", str(script)]) == 0
-    manifest = read_manifest(out)  # re-hashed: the .om and its log are now part of the folder
-    assert manifest["atc"]["om"] == "full_Ascend310P3.om" and "full_Ascend310P3.om" in manifest["files"]
+    manifest = Manifest.read(out)  # re-hashed: the .om and its log are now part of the folder
+    assert manifest.atc.om == "full_Ascend310P3.om" and "full_Ascend310P3.om" in manifest.files
     # A failing recompile leaves that compiled folder exactly as it was, and no staging folder behind.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     failing = _fake_atc(tmp_path / "bin2", exit_code=2)
     assert tool.main([str(out), "--atc", str(failing)]) == 1
     assert "atc failed (exit code 2)" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    read_manifest(out)
+    Manifest.read(out)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]
 
 
@@ -355,11 +398,11 @@ def test_cli_generate_bad_input_is_one_line(
     _, folder = baby
     fp32_only = tmp_path / "fp32"
     fp32_only.mkdir()
-    manifest = read_manifest(folder)
+    manifest = Manifest.read(folder)
     for name in ("full", "prefill", "decode"):
         shutil.copy(folder / f"{name}.onnx", fp32_only)
-        del manifest["graphs"][f"{name}_int8"], manifest["files"][f"{name}.int8.onnx"]
-    (fp32_only / MANIFEST).write_text(json.dumps(manifest))
+        del manifest.graphs[f"{name}_int8"], manifest.files[f"{name}.int8.onnx"]
+    (fp32_only / MANIFEST).write_text(json.dumps(manifest.to_dict()))
     assert main(["generate", *[str(fp32_only) if a == "EXPORT" else a for a in args]]) == 1
     err = capsys.readouterr().err
     assert err.startswith("lit-nanogpt: error: ") and err.count("\n") == 1 and message in err
@@ -372,15 +415,15 @@ def test_callback_exports_the_best_checkpoint_at_fit_end(tmp_path: Path, monkeyp
     dm = CharDataModule(block_size=TINY["block_size"], batch_size=4, val_batch_size=64)
     model = LitGPT(GPTConfig(**TINY, vocab_size=dm.vocab_size), warmup_iters=0)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_top_k=1)
-    export = OnnxExport(int8=False)
+    export = OnnxExport(settings=ExportSettings(int8=False))
     trainer = L.Trainer(max_steps=6, val_check_interval=3, limit_val_batches=2, check_val_every_n_epoch=None,
                         num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path,
                         callbacks=[checkpoint, export])  # fmt: skip
     trainer.fit(model, dm)
-    manifest = read_manifest(tmp_path / "export")
-    assert manifest["source"] == checkpoint.best_model_path and manifest["vocab"] == dm.vocab.chars
-    assert manifest["atc"]["om"] is None and (tmp_path / "export" / "atc_command.sh").is_file()
+    manifest = Manifest.read(tmp_path / "export")
+    assert manifest.source == checkpoint.best_model_path and manifest.vocab == dm.vocab.chars
+    assert manifest.atc.om is None and (tmp_path / "export" / "atc_command.sh").is_file()
     best, _ = load_model(checkpoint.best_model_path)
     idx = torch.randint(dm.vocab_size, (1, TINY["block_size"]))
     with torch.no_grad():
@@ -401,12 +444,99 @@ def test_shipped_configs_enable_the_export(config: Path) -> None:
     assert [type(c) for c in cli.trainer.callbacks].count(OnnxExport) == 1
 
 
+# ---- each setting defined once ----
+def _field_docs(cls: type) -> dict[str, str]:
+    """Each dataclass field's docstring, read from the class's source."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {
+        field.target.id: doc.value.value
+        for field, doc in zip(body, body[1:], strict=False)
+        if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+    }
+
+
+def test_each_export_setting_is_defined_once(
+    baby_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ExportSettings and AtcOptions define every setting: their field docstrings are the help of
+    ``lit-nanogpt export`` and tools/atc/compile.py, and the callback's YAML entry, through the CLI's
+    parser and back, gives the same settings as the same names given to ``lit-nanogpt export``."""
+    settings_docs, atc_docs = _field_docs(ExportSettings), _field_docs(AtcOptions)
+    assert set(settings_docs) == {"opset", "batch_size", "dynamic_dims", "int8", "tolerance", "atc"}
+    assert set(atc_docs) == {"soc_version", "precision_mode", "log", "atc", "enabled"}
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    export_help = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        _atc_tool().main(["--help"])
+    tool_help = capsys.readouterr().out
+    options = {f"--{k}": v for k, v in settings_docs.items() if k != "atc"}
+    options |= {f"--atc.{k}": v for k, v in atc_docs.items()}
+    options_tool = {f"--{k}": v for k, v in atc_docs.items() if k != "enabled"}
+    for text, expected in [(export_help, options), (tool_help, options_tool)]:
+        squeezed = "".join(text.split())  # the help is re-wrapped
+        for option, doc in expected.items():
+            assert f"  {option} " in text and "".join(doc.split()) in squeezed, option
+        assert "atc_log" not in text and "--compile" not in text
+
+    init_args = {
+        "dirpath": str(tmp_path / "fit_export"),
+        "weights": "last",
+        "settings": {
+            "opset": 14,
+            "batch_size": 2,
+            "dynamic_dims": [16, 32],
+            "int8": False,
+            "tolerance": 0.001,
+            "atc": {"soc_version": "Ascend910B", "precision_mode": "force_fp16", "log": "info", "atc": "/opt/atc",
+                    "enabled": False},
+        },
+    }  # fmt: skip
+    atc = AtcOptions(soc_version="Ascend910B", precision_mode="force_fp16", log="info", atc="/opt/atc", enabled=False)
+    expected = ExportSettings(opset=14, batch_size=2, dynamic_dims=[16, 32], int8=False, tolerance=0.001, atc=atc)
+    config = yaml.safe_load((ROOT / "configs" / "shakespeare_char_cpu.yaml").read_text())
+    config["trainer"]["callbacks"] = [{"class_path": "lit_nanogpt.callbacks.OnnxExport", "init_args": init_args}]
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    from lit_nanogpt.cli import LitNanoGPTCLI
+
+    with pytest.raises(SystemExit):
+        LitNanoGPTCLI(args=["fit", "--config", str(config_file), "--print_config"])
+    (printed,) = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
+    assert printed == {"class_path": "lit_nanogpt.callbacks.OnnxExport", "init_args": init_args}
+    config["trainer"]["callbacks"] = [printed]
+    config_file.write_text(yaml.safe_dump(config))
+    trainer = LitNanoGPTCLI(args=["--config", str(config_file)], run=False).trainer
+    (callback,) = [c for c in trainer.callbacks if isinstance(c, OnnxExport)]
+    assert (callback.dirpath, callback.weights, callback.settings) == (init_args["dirpath"], "last", expected)
+
+    seen = {}
+
+    def fake_export(model, vocab, out, settings, source=None):
+        seen["settings"] = settings
+        return SimpleNamespace(max_abs_diff={"full": 0.0})
+
+    monkeypatch.setattr("lit_nanogpt.export.export_model", fake_export)
+    flags = []
+    for key, value in init_args["settings"].items():
+        pairs = value.items() if key == "atc" else [(None, value)]
+        for sub, v in pairs:
+            flags += [f"--{key}.{sub}" if sub else f"--{key}", v if isinstance(v, str) else json.dumps(v)]
+    assert main(["export", "--checkpoint", str(baby_ckpt), "--out", str(tmp_path / "export"), *flags]) == 0
+    assert seen["settings"] == expected
+    (tmp_path / "atc.yaml").write_text(yaml.safe_dump(init_args["settings"]["atc"]))  # the YAML block, as a file
+    assert main(["export", "--checkpoint", str(baby_ckpt), "--out", str(tmp_path / "export"),
+                 "--atc", str(tmp_path / "atc.yaml")]) == 0  # fmt: skip
+    assert seen["settings"] == ExportSettings(atc=atc)
+
+
 # ---- Ascend runtimes: gated ----
 @pytest.mark.skipif(not ais_bench_available(), reason="needs ais_bench and an Ascend NPU with CANN")
 def test_om_generation_on_ascend(baby: tuple[Path, Path], tmp_path: Path) -> None:  # pragma: no cover
     ckpt, _ = baby
     model, vocab = load_model(ckpt)
-    export_model(model, vocab, tmp_path / "export", int8=False, atc=AtcOptions(precision_mode="must_keep_origin_dtype"))
+    atc = AtcOptions(precision_mode="must_keep_origin_dtype")
+    export_model(model, vocab, tmp_path / "export", ExportSettings(int8=False, atc=atc))
     exported, backend = open_export(tmp_path / "export", backend="om")
     idx = torch.from_numpy(vocab.encode(EXPECTED["prompt"]))[None]
     assert backend == "om"

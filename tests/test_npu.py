@@ -129,6 +129,14 @@ def test_no_npu_here_and_nothing_raises() -> None:
     assert "torch_npu" not in sys.modules  # never imported at top level, and not installed here
 
 
+def test_npu_package_imports_no_torch_npu_and_no_onnx() -> None:
+    """The accelerator registration and the atc step stay cheap to import: the export's onnx comes only with it."""
+    code = "import sys, lit_nanogpt.npu, lit_nanogpt.npu.atc; print(sorted({'onnx', 'torch_npu'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_registered_on_import() -> None:
     from lightning.pytorch.accelerators import AcceleratorRegistry
     from lightning.pytorch.strategies import StrategyRegistry

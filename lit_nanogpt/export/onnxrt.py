@@ -10,7 +10,6 @@ runs ``full.onnx`` on the last ``block_size`` tokens per token, as nanoGPT does,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,47 +18,12 @@ import numpy as np
 import torch
 
 from lit_nanogpt.data import Vocabulary
-from lit_nanogpt.export import FORMAT, FORMAT_VERSION, MANIFEST, past_names, sha256
+from lit_nanogpt.export.graphs import past_names
+from lit_nanogpt.export.manifest import Manifest
 from lit_nanogpt.model import sample_next
 
 WINDOWS = ("exact", "half")
 BACKENDS = ("auto", "cpu", "cann", "om")
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest of an export folder, checked against the files beside it."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"export folder {folder} does not exist: pass a folder written by lit-nanogpt export")
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {MANIFEST}: it is not a complete lit-nanogpt export; export again")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"format is {manifest.get('format')!r}, not {FORMAT!r}")
-        files, graphs, vocab = manifest["files"], manifest["graphs"], manifest["vocab"]
-        int(manifest["block_size"])
-        if not (isinstance(files, dict) and isinstance(graphs, dict) and isinstance(vocab, str)):
-            raise TypeError("files and graphs must be objects and vocab a string")
-    except Exception as e:
-        raise ValueError(
-            f"{path} is damaged or not a lit-nanogpt manifest ({type(e).__name__}: {e}); export again"
-        ) from None
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} has format_version {manifest['format_version']}: upgrade lit-nanogpt to read it")
-    for name, digest in files.items():
-        file = folder / name
-        if not file.is_file():
-            raise ValueError(f"{folder}: the manifest lists {name} but it is missing; export again")
-        if sha256(file) != digest:
-            raise ValueError(
-                f"{folder}: {name} does not match the manifest's sha256 (changed or damaged); export again"
-            )
-    for graph in graphs.values():
-        if graph["file"] not in files:
-            raise ValueError(f"{folder}: graph {graph['file']} is not listed in the manifest's files; export again")
-    return manifest
 
 
 def _session(path: Path, providers: list[str], threads: int | None):
@@ -85,7 +49,7 @@ class ExportedGPT:
         providers: list[str] | None = None,
         threads: int | None = None,
         full_runner: Callable[[np.ndarray], np.ndarray] | None = None,
-        manifest: dict[str, Any] | None = None,
+        manifest: Manifest | None = None,
     ) -> None:
         """Open the graphs of ``folder``.
 
@@ -96,24 +60,24 @@ class ExportedGPT:
             threads: onnxruntime intra-op threads; default one for decode, one per core for the others.
             full_runner: Runs the full-context graph instead of onnxruntime (e.g. an ``.om`` on Ascend);
                 it takes ``idx`` (B, T) int64 and returns logits (B, T, V). Generation then uses no cache.
-            manifest: ``read_manifest(folder)`` when the caller has it already (it hashes every file).
+            manifest: ``Manifest.read(folder)`` when the caller has it already (it hashes every file).
         """
         self.folder = Path(folder)
-        self.manifest = manifest if manifest is not None else read_manifest(self.folder)
-        self.vocab = Vocabulary(self.manifest["vocab"])
-        self.block_size = int(self.manifest["block_size"])
-        self.n_layer = int(self.manifest["model"]["n_layer"])
+        self.manifest = manifest if manifest is not None else Manifest.read(self.folder)
+        self.vocab = Vocabulary(self.manifest.vocab)
+        self.block_size = self.manifest.block_size
+        self.n_layer = self.manifest.model.n_layer
         suffix = "_int8" if int8 else ""
-        graphs = self.manifest["graphs"]
+        graphs = self.manifest.graphs
         missing = [g + suffix for g in ("full", "prefill", "decode") if g + suffix not in graphs]
         if missing:
             hint = "export with int8 enabled" if int8 else "export again"
             raise ValueError(f"{self.folder} has no {', '.join(missing)} graph: {hint}")
-        self._files = {g: self.folder / graphs[g + suffix]["file"] for g in ("full", "prefill", "decode")}
-        full_shape = graphs["full" + suffix]["inputs"][0]["shape"]  # [batch, block_size] or [batch, "seq"]
+        self._files = {g: self.folder / graphs[g + suffix].file for g in ("full", "prefill", "decode")}
+        full_shape = graphs["full" + suffix].inputs[0].shape  # [batch, block_size] or [batch, "seq"]
         self._full_batch = full_shape[0] if isinstance(full_shape[0], int) else None
         self._full_len = full_shape[1] if isinstance(full_shape[1], int) else None
-        self._dims = self.manifest.get("dynamic_dims") or []
+        self._dims = self.manifest.dynamic_dims or []
         self._providers = providers or ["CPUExecutionProvider"]
         self._threads = threads
         self._sessions: dict[str, Any] = {}
@@ -223,29 +187,15 @@ class ExportedGPT:
 def open_export(folder: str | Path, int8: bool = False, backend: str = "auto") -> tuple[ExportedGPT, str]:
     """The export in ``folder`` on the best backend installed, and that backend's name.
 
-    ``auto`` picks the ``.om`` through ais_bench when both exist (Ascend), else onnxruntime's CANN
-    execution provider when present, else onnxruntime on CPU.
+    ``auto`` picks an Ascend backend when one is installed (``lit_nanogpt.npu.om.open_on_ascend``:
+    the ``.om`` through ais_bench, else onnxruntime's CANN execution provider), else onnxruntime on CPU.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
-    manifest = read_manifest(folder)
-    om = (manifest.get("atc") or {}).get("om")
-    if backend in ("auto", "om"):
-        try:
-            from lit_nanogpt.npu.om import ais_bench_available, om_runner
-        except ImportError:  # a build without the Ascend subpackage
-            ais_bench_available = lambda: False  # noqa: E731
-        if om and ais_bench_available():
-            return ExportedGPT(folder, False, full_runner=om_runner(Path(folder) / om), manifest=manifest), "om"
-        if backend == "om":
-            why = "it has no .om (atc did not run)" if not om else "ais_bench is not installed"
-            raise ValueError(f"backend=om cannot run {folder}: {why}; use --backend cpu")
-    if backend in ("auto", "cann"):
-        import onnxruntime as ort
+    manifest = Manifest.read(folder)
+    if backend != "cpu":
+        from lit_nanogpt.npu.om import open_on_ascend
 
-        if "CANNExecutionProvider" in ort.get_available_providers():
-            cann = ["CANNExecutionProvider", "CPUExecutionProvider"]
-            return ExportedGPT(folder, int8, providers=cann, manifest=manifest), "cann"
-        if backend == "cann":
-            raise ValueError("backend=cann needs onnxruntime built with the CANN execution provider (onnxruntime-cann)")
+        if (on_ascend := open_on_ascend(Path(folder), manifest, int8, backend)) is not None:
+            return on_ascend
     return ExportedGPT(folder, int8, manifest=manifest), "cpu"

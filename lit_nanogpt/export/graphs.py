@@ -9,26 +9,19 @@ An export folder holds, beside a ``manifest.json`` that makes it self-contained:
   keys and values and returns them one position longer.
 * optionally ``*.int8.onnx``: the same graphs with int8 weights (onnxruntime's dynamic quantization).
 
-The graphs go through torch's TorchScript exporter at opset 15 by default, as recent CANN releases'
-``atc`` read ONNX opsets 11 to 15 and the dynamo exporter starts at 18. Attention is written out with
-an additive mask (no ``Trilu``, no ``IsNaN``) by a custom symbolic, so every op is one ``atc`` knows.
+The graphs go through torch's TorchScript exporter at opset 15 by default (``ExportSettings.opset``),
+as recent CANN releases' ``atc`` read ONNX opsets 11 to 15 and the dynamo exporter starts at 18.
+Attention is written out with an additive mask (no ``Trilu``, no ``IsNaN``) by a custom symbolic, so
+every op is one ``atc`` knows (``lit_nanogpt.npu.atc.ATC_ONNX_OPS``).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
-import os
-import shlex
-import shutil
-import subprocess
-import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +31,13 @@ import torch
 import torch.nn as nn
 
 from lit_nanogpt.data import Vocabulary
+from lit_nanogpt.export.manifest import Graph, Manifest, TensorSpec, replacing
+from lit_nanogpt.export.settings import ExportSettings
 from lit_nanogpt.model import GPT
+from lit_nanogpt.npu.atc import ATC_ONNX_OPS, run_atc
 
 log = logging.getLogger(__name__)
 
-FORMAT = "lit-nanogpt-onnx"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-DEFAULT_OPSET = 15
-# Ops of CANN's "supported ONNX operators" list (CANN 5.0.4 reference, operatorlist_0071) that an
-# exported GPT can contain; anything else is refused at export time rather than failing in atc.
-ATC_ONNX_OPS = frozenset(
-    "Abs Add And ArgMax Cast Concat Constant ConstantOfShape Div Equal Erf Exp Expand Flatten Gather Gemm "
-    "Greater Identity Less LessOrEqual Log MatMul Max Min Mul Neg Not Pow Range Reciprocal ReduceMax ReduceMean "
-    "ReduceSum Relu Reshape Shape Sigmoid Slice Softmax Split Sqrt Squeeze Sub Tanh Tile Transpose Unsqueeze "
-    "Where".split()
-)
 # Large enough that exp() of it is exactly 0 in fp32, small enough to stay finite in fp16 on Ascend.
 _MASKED = -1.0e4
 
@@ -151,17 +135,17 @@ def _export_graph(
         )
 
 
-def _io(values: Any) -> list[dict[str, Any]]:
+def _io(values: Any) -> list[TensorSpec]:
     """Names, shapes (ints, or names of dynamic axes) and dtypes of a graph's inputs or outputs."""
     out = []
     for v in values:
         t = v.type.tensor_type
         shape = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
-        out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
+        out.append(TensorSpec(v.name, shape, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name))
     return out
 
 
-def check_graph(path: Path, opset: int, allowed_ops: frozenset[str] | None = ATC_ONNX_OPS) -> dict[str, Any]:
+def check_graph(path: Path, opset: int, allowed_ops: frozenset[str] | None = ATC_ONNX_OPS) -> Graph:
     """``onnx.checker`` on the file, then its opset and ops; returns its manifest entry."""
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path), load_external_data=False)
@@ -173,94 +157,7 @@ def check_graph(path: Path, opset: int, allowed_ops: frozenset[str] | None = ATC
     ops = sorted({n.op_type for n in model.graph.node})
     if allowed_ops is not None and (bad := [op for op in ops if op not in allowed_ops]):
         raise ValueError(f"{path.name} contains ops that atc lacks: {', '.join(bad)}")
-    return {"file": path.name, "inputs": _io(model.graph.input), "outputs": _io(model.graph.output), "ops": ops}
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass
-class AtcOptions:
-    """How ``atc`` compiles ``full.onnx`` to an ``.om`` (see tools/atc/README.md)."""
-
-    soc_version: str = "Ascend310P3"
-    """Target chip, as ``npu-smi info`` names it: Ascend310, Ascend310P3, Ascend310B1, Ascend910B, ..."""
-    precision_mode: str = "allow_fp32_to_fp16"
-    """atc's ``--precision_mode``: ``force_fp16``, ``allow_fp32_to_fp16``, ``must_keep_origin_dtype``, ..."""
-    log: str = "error"
-    """atc's ``--log`` level: ``debug``, ``info``, ``warning``, ``error`` or ``null``."""
-    atc: str | None = None
-    """Path to the ``atc`` executable; default the one on ``PATH``."""
-    enabled: bool = True
-    """Run atc when it is found; ``False`` only writes the command."""
-
-    def executable(self) -> str | None:
-        if self.atc:
-            if not Path(self.atc).is_file():
-                raise FileNotFoundError(
-                    f"atc {self.atc} does not exist: pass the path of CANN's atc, or leave it unset"
-                )
-            return self.atc
-        return shutil.which("atc")
-
-
-def om_stem(soc_version: str) -> str:
-    return f"full_{soc_version}"
-
-
-def atc_command(folder: Path, manifest: dict[str, Any], options: AtcOptions, executable: str = "atc") -> list[str]:
-    """The ``atc`` command line that compiles ``folder/full.onnx`` to ``folder/full_<soc>.om``."""
-    batch, length = manifest["graphs"]["full"]["inputs"][0]["shape"]
-    dims = manifest.get("dynamic_dims")
-    cmd = [
-        executable,
-        "--framework=5",
-        f"--model={folder / 'full.onnx'}",
-        f"--output={folder / om_stem(options.soc_version)}",
-        f"--soc_version={options.soc_version}",
-        f"--input_shape=idx:{batch},{-1 if dims else length}",
-        "--input_format=ND",
-        f"--precision_mode={options.precision_mode}",
-        f"--log={options.log}",
-    ]
-    if dims:
-        cmd.append(f"--dynamic_dims={';'.join(str(d) for d in dims)}")
-    return cmd
-
-
-def run_atc(folder: Path, final: Path, manifest: dict[str, Any], options: AtcOptions) -> None:
-    """Compile in ``folder`` (the export being built) and record the outcome in ``manifest["atc"]``.
-
-    ``final`` is where the folder will end up: the recorded command names it, so it can be run later.
-    """
-    later = shlex.join(atc_command(final.resolve(), manifest, options))
-    entry: dict[str, Any] = {"soc_version": options.soc_version, "command": later, "om": None, "log": None}
-    manifest["atc"] = entry
-    executable = options.executable() if options.enabled else None
-    if executable is None:
-        (folder / "atc_command.sh").write_text(f"{later}\n", encoding="utf-8")
-        reason = "atc is disabled" if not options.enabled else "atc is not on PATH"
-        log.warning(f"{reason}: compile for {options.soc_version} later with {final / 'atc_command.sh'}")
-        return
-    log_name = f"{om_stem(options.soc_version)}.atc.log"
-    with (folder / log_name).open("w", encoding="utf-8") as f:
-        result = subprocess.run(atc_command(folder, manifest, options, executable), stdout=f, stderr=subprocess.STDOUT)
-    om = folder / f"{om_stem(options.soc_version)}.om"
-    if result.returncode != 0 or not om.is_file():
-        kept = final.parent / f"{final.name}.{log_name}"
-        shutil.copyfile(folder / log_name, kept)
-        tail = (folder / log_name).read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
-        raise ValueError(
-            f"atc failed (exit code {result.returncode}{', no .om written' if result.returncode == 0 else ''}) "
-            f"for {options.soc_version}: {tail[0][:200]!r}; its log is {kept}; the previous export was kept"
-        )
-    entry.update(om=om.name, log=log_name)
-    log.info(f"atc compiled {om.name} for {options.soc_version}")
+    return Graph(path.name, _io(model.graph.input), _io(model.graph.output), ops)
 
 
 def _ort_session(path: Path):
@@ -307,32 +204,23 @@ def export_model(
     model: GPT,
     vocab: Vocabulary,
     out: str | Path,
-    *,
-    opset: int = DEFAULT_OPSET,
-    batch_size: int = 1,
-    dynamic_dims: list[int] | None = None,
-    int8: bool = True,
-    tolerance: float = 1e-4,
-    atc: AtcOptions | None = None,
+    settings: ExportSettings | None = None,
     source: str | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Export ``model`` into the folder ``out``, replacing it only once everything has succeeded.
 
     Args:
         model: The network; a CPU fp32 copy in eval mode is exported, ``model`` is left as it is.
         vocab: Its vocabulary, written into the manifest.
         out: The export folder.
-        opset: ONNX opset; CANN's atc reads 11 to 15.
-        batch_size: The batch of the full-context graph (the cached graphs take any batch).
-        dynamic_dims: Lengths for ``atc --dynamic_dims``; the full graph then takes any length up to block_size.
-        int8: Also write int8-weight copies of the graphs (``*.int8.onnx``).
-        tolerance: Largest allowed max abs difference of fp32 onnxruntime logits from PyTorch's.
-        atc: How to compile for Ascend; ``None`` skips atc altogether.
+        settings: How to export; default ``ExportSettings()``.
         source: Where the weights came from, recorded in the manifest.
 
     Returns:
-        The manifest.
+        The manifest, as written into ``out``.
     """
+    settings = settings if settings is not None else ExportSettings()
+    opset, batch_size, dynamic_dims = settings.opset, settings.batch_size, settings.dynamic_dims
     if not 11 <= opset <= 17:
         raise ValueError(f"opset={opset} is outside 11..17: atc reads 11 to 15, use 15")
     if batch_size < 1:
@@ -347,12 +235,10 @@ def export_model(
     if len(vocab) != config.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocab)} characters but the model's vocab_size={config.vocab_size}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).cpu().float().eval()
     L, nh, hs = config.n_layer, config.n_head, config.n_embd // config.n_head
 
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
+    with replacing(out) as tmp:
         with _attention_symbolic(hs, opset), torch.no_grad():
             idx = torch.zeros(batch_size, config.block_size, dtype=torch.long)
             axes = {"idx": {1: "seq"}, "logits": {1: "seq"}} if dynamic_dims else {}
@@ -372,54 +258,28 @@ def export_model(
         graphs = {name: check_graph(tmp / f"{name}.onnx", opset) for name in ("full", "prefill", "decode")}
         parity = _parity(tmp, model, batch_size, config.block_size)
         worst = max(parity.values())
-        if worst > tolerance:
+        if worst > settings.tolerance:
             raise ValueError(
-                f"onnxruntime's logits differ from PyTorch's by up to {worst:.3g} (> tolerance {tolerance:g}): "
-                f"{parity}; the export was not written"
+                f"onnxruntime's logits differ from PyTorch's by up to {worst:.3g} "
+                f"(> tolerance {settings.tolerance:g}): {parity}; the export was not written"
             )
         log.info(f"ONNX export: onnxruntime vs PyTorch fp32 logits, max abs difference {worst:.3g}")
-        if int8:
+        if settings.int8:
             for name in ("full", "prefill", "decode"):
                 quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx")
                 graphs[f"{name}_int8"] = check_graph(tmp / f"{name}.int8.onnx", opset, allowed_ops=None)
-        manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "vocab": vocab.chars,
-            "block_size": config.block_size,
-            "batch_size": batch_size,
-            "dynamic_dims": dynamic_dims,
-            "model": {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "bias")},
-            "opset": opset,
-            "exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}",
-            "source": source,
-            "max_abs_diff": parity,
-            "graphs": graphs,
-        }
-        if atc is not None:
-            run_atc(tmp, out, manifest, atc)
-        manifest["files"] = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        manifest = Manifest(
+            vocab=vocab.chars,
+            batch_size=batch_size,
+            dynamic_dims=dynamic_dims,
+            model=config,
+            opset=opset,
+            exporter=f"torch.onnx TorchScript exporter, torch {torch.__version__}",
+            source=source,
+            max_abs_diff=parity,
+            graphs=graphs,
+        )
+        if settings.atc is not None:
+            manifest.atc = run_atc(tmp, out, manifest, settings.atc)
+        manifest.write(tmp)
     return manifest
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put the finished folder ``new`` at ``target``; an old ``target`` is removed only after that worked."""
-    if target.is_file():
-        raise ValueError(f"export target {target} is a file: pass a folder path")
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-    try:
-        new.rename(target)
-    except BaseException:
-        if old is not None:
-            old.rename(target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,60 @@
+"""The export's settings, defined once.
+
+``ExportSettings`` (with ``lit_nanogpt.npu.atc.AtcOptions`` nested as ``atc``) is what the fit-end
+callback takes as ``init_args.settings``, what ``lit-nanogpt export`` turns into options (``--opset``,
+``--atc.soc_version``, ...) and, for ``AtcOptions``, what tools/atc/compile.py takes. Each field's
+docstring is its help text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from jsonargparse import ArgumentParser, set_parsing_settings
+
+from lit_nanogpt.npu.atc import AtcOptions
+
+T = TypeVar("T")
+
+
+@dataclass
+class ExportSettings:
+    """How a model is exported (see docs/export.md)."""
+
+    opset: int = 15
+    """ONNX opset; CANN's atc reads 11 to 15."""
+    batch_size: int = 1
+    """Batch of the full-context graph that atc compiles (the KV-cache graphs take any batch)."""
+    dynamic_dims: list[int] | None = None
+    """Sequence lengths for ``atc --dynamic_dims``, e.g. ``[64,128,256]``: the full graph then takes any
+    length up to block_size. Default: the full graph has the fixed length block_size."""
+    int8: bool = True
+    """Also write int8-weight copies of the graphs (``*.int8.onnx``) for fast CPU inference."""
+    tolerance: float = 1e-4
+    """Largest allowed max abs difference of onnxruntime's fp32 logits from PyTorch's."""
+    atc: AtcOptions | None = field(default_factory=AtcOptions)
+    """Compiling ``full.onnx`` for Ascend; ``None`` leaves the atc step out (no command written, no record)."""
+
+
+def add_arguments(parser: ArgumentParser, cls: type, nested_key: str | None = None, skip: Iterable[str] = ()) -> None:
+    """``parser.add_class_arguments(cls, nested_key, skip=...)`` with the fields' docstrings as their help.
+
+    jsonargparse reads field docstrings only when asked, globally, and that costs LightningCLI seconds
+    of parsing: so only while these few options are added.
+    """
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    try:
+        parser.add_class_arguments(cls, nested_key, skip=set(skip))
+    finally:
+        set_parsing_settings(docstring_parse_attribute_docstrings=False)
+
+
+def from_options(cls: type[T], values: dict[str, Any], **given: Any) -> T:
+    """``cls`` from the options ``add_arguments`` added, as ``parse_args(...).as_dict()`` gives them.
+
+    Keys that are not fields (``__path__`` of a config file given as ``--atc FILE``) are left out.
+    """
+    names = {f.name for f in fields(cls)} - set(given)
+    return cls(**{k: v for k, v in values.items() if k in names}, **given)
