@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -27,7 +28,13 @@ def test_installed_callbacks_live_in_the_project_namespace(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_wheel_holds_only_lit_nanogpt(tmp_path: Path) -> None:
     """``pip install .`` builds this wheel: one top-level package, the callbacks folder inside it."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+    # Built from a copy of the tracked files, so setuptools' build/ folder never lands in the checkout.
+    src = tmp_path / "src"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    for name in tracked.split():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
                    check=True, capture_output=True, text=True)  # fmt: skip
     (wheel,) = tmp_path.glob("lit_nanogpt-*.whl")
     with zipfile.ZipFile(wheel) as z:
