@@ -42,6 +42,10 @@ def test_wheel_holds_only_lit_nanogpt(tmp_path: Path) -> None:
         (top_level,) = [n for n in names if n.endswith(".dist-info/top_level.txt")]
         assert z.read(top_level).decode().split() == ["lit_nanogpt"]
     assert "lit_nanogpt/callbacks/export.py" in names
+    packages = {f"lit_nanogpt/{p.parent.relative_to(ROOT / 'lit_nanogpt')}/__init__.py".replace("/./", "/")
+                for p in (ROOT / "lit_nanogpt").rglob("__init__.py")}  # fmt: skip
+    assert packages <= set(names), packages - set(names)  # pyproject's package list misses none
+    assert "lit_nanogpt/fit_defaults.yaml" in names
     assert {n.split("/")[0] for n in names if not n.endswith(".dist-info/" + n.rsplit("/", 1)[-1])} == {"lit_nanogpt"}
     # Installed from the wheel alone, away from the checkout.
     site = tmp_path / "site"
