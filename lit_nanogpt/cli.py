@@ -142,6 +142,7 @@ def generate(
     int8: bool = False,
     window: Literal["exact", "half"] = "exact",
     backend: Literal["auto", "cpu", "cann", "om"] = "auto",
+    cache: Literal["auto", "dynamic", "static"] = "auto",
     **sampling: Any,
 ) -> None:
     """Sample from a lit-nanogpt checkpoint or export folder and print each sample as nanoGPT's sample.py does.
@@ -155,24 +156,28 @@ def generate(
         device: Where to run, e.g. ``cpu`` or ``cuda``.
         use_cache: Keep keys and values while the text fits in block_size (same tokens, faster).
         int8: With ``onnx``: run the int8-weight graphs (faster on CPU; see docs/export.md for the cost).
+            CPU only: refused with ``--backend cann`` or ``om``.
         window: With ``onnx``, past block_size: ``exact`` (nanoGPT's sliding window, a full window per
             token) or ``half`` (re-read the last block_size/2 tokens when the cache is full: faster, not identical).
         backend: With ``onnx``: ``auto``, ``cpu`` (onnxruntime), ``cann`` (onnxruntime's CANN provider)
-            or ``om`` (the atc-compiled .om through ais_bench).
+            or ``om`` (the atc-compiled .om files through ais_bench).
+        cache: With ``onnx``: ``dynamic`` (prefill/decode graphs, a cache that grows), ``static`` (the
+            fixed-shape prefill_static/decode_static pair that atc and the CANN provider compile once)
+            or ``auto`` (static on Ascend, dynamic on CPU). Same tokens either way.
         sampling: ``SamplingSettings``' fields, given flat: ``--max_new_tokens``, ``--temperature``,
             ``--top_k``, ``--num_samples``.
     """
     settings = SamplingSettings(**sampling)
     if (checkpoint is None) == (onnx is None):
         raise ValueError("pass exactly one of --checkpoint CKPT (PyTorch) and --onnx EXPORT_DIR (onnxruntime)")
-    if onnx is None and (int8 or window != "exact" or backend != "auto"):
-        raise ValueError("--int8, --window and --backend apply to --onnx EXPORT_DIR only")
+    if onnx is None and (int8 or window != "exact" or backend != "auto" or cache != "auto"):
+        raise ValueError("--int8, --window, --backend and --cache apply to --onnx EXPORT_DIR only")
     if prompt.startswith("FILE:"):
         prompt, _ = read_corpus(Path(prompt[5:]), what="prompt file")
     if onnx is not None:
         from lit_nanogpt.export import open_export
 
-        exported, _ = open_export(onnx, int8=int8, backend=backend)
+        exported, _ = open_export(onnx, int8=int8, backend=backend, cache=cache)
         vocab, block_size = exported.vocab, exported.block_size
     else:
         model, vocab = load_model(checkpoint)

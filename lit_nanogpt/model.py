@@ -110,11 +110,22 @@ class CausalSelfAttention(nn.Module):
         return self._merge(y)
 
     def forward_cached(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor
+        self,
+        x: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor,
+        slot: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Attend from the new positions in ``x`` to ``past`` and themselves; ``mask`` is (T, T_past + T)."""
+        """Attend from the new positions in ``x`` to ``past`` and themselves; ``mask`` is (T, T_past + T).
+
+        With ``slot`` (1, 1, S, 1) bool, ``past`` is a fixed-size cache of S positions and the one new
+        key and value are written where ``slot`` is true instead of appended (``mask`` is then (1, S)).
+        """
         q, k, v = self._qkv(x)
-        if past is not None:
+        if past is not None and slot is not None:
+            k = torch.where(slot, k, past[0])  # (B, nh, S, hs)
+            v = torch.where(slot, v, past[1])
+        elif past is not None:
             k = torch.cat((past[0], k), dim=2)  # (B, nh, T_past + T, hs)
             v = torch.cat((past[1], v), dim=2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -146,9 +157,13 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
     def forward_cached(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor
+        self,
+        x: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor,
+        slot: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        a, present = self.attn.forward_cached(self.ln_1(x), past, mask)
+        a, present = self.attn.forward_cached(self.ln_1(x), past, mask, slot)
         x = x + a
         return x + self.mlp(self.ln_2(x)), present
 

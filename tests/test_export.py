@@ -8,12 +8,13 @@ import inspect
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -27,11 +28,21 @@ from lit_nanogpt.callbacks import OnnxExport
 
 from lit_nanogpt.checkpoint import import_nanogpt, load_model
 from lit_nanogpt.cli import main
-from lit_nanogpt.data import CharDataModule
-from lit_nanogpt.export import MANIFEST, ExportedGPT, ExportSettings, Manifest, TensorSpec, export_model, open_export
+from lit_nanogpt.data import CharDataModule, Vocabulary
+from lit_nanogpt.export import (
+    MANIFEST,
+    ExportedGPT,
+    ExportSettings,
+    Manifest,
+    TensorSpec,
+    check_graph,
+    export_model,
+    onnxrt,
+    open_export,
+)
 from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.module import LitGPT
-from lit_nanogpt.npu.atc import ATC_ONNX_OPS, AtcOptions
+from lit_nanogpt.npu.atc import ATC_ONNX_OPS, AtcOptions, AtcRecord, AtcStatic, oldest_cann
 from lit_nanogpt.npu.om import ais_bench_available
 from tests.conftest import NANOGPT_BABY, ROOT, TINY, run_cli
 
@@ -49,6 +60,12 @@ def baby(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return ckpt, tmp / "export"
 
 
+def _atc_calls(bin_dir: Path) -> dict[str, dict[str, str]]:
+    """The fake atc's calls, by the name of the model each compiled."""
+    calls = [json.loads(line) for line in (bin_dir / "calls.jsonl").read_text().splitlines()]
+    return {Path(c["model"]).stem: c for c in calls}
+
+
 def _copy_export(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
@@ -63,16 +80,23 @@ def _fake_atc(bin_dir: Path, exit_code: int = 0) -> Path:
 import json, sys
 import onnx
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
-(__import__("pathlib").Path(sys.argv[0]).parent / "args.json").write_text(json.dumps(args))
+here = __import__("pathlib").Path(sys.argv[0]).parent
+(here / "args.json").write_text(json.dumps(args))
+with (here / "calls.jsonl").open("a") as f:
+    f.write(json.dumps(args) + "\\n")
 assert args["framework"] == "5", args
 assert args["input_format"] == "ND", args
 assert args["soc_version"].startswith("Ascend"), args
 assert args["log"] in ("debug", "info", "warning", "error", "null"), args
 assert "precision_mode" in args, args
-name, dims = args["input_shape"].split(":")
-assert name == "idx", args
 model = onnx.load(args["model"])
 assert model.opset_import[0].version <= 15
+# --input_shape names every input of the graph, in order, with its fixed sizes (-1 for a dynamic one)
+shapes = [entry.split(":") for entry in args["input_shape"].split(";")]
+assert [name for name, _ in shapes] == [i.name for i in model.graph.input], args
+for (name, dims), i in zip(shapes, model.graph.input):
+    graph_dims = [d.dim_value if d.dim_value else -1 for d in i.type.tensor_type.shape.dim]
+    assert [int(d) for d in dims.split(",")] == graph_dims, (name, dims, graph_dims)
 print("ATC start working now, please wait for a moment.")
 if {exit_code}:
     print("E19999: fake atc failure")
@@ -151,6 +175,115 @@ def test_onnx_greedy_text_is_nanogpts(baby: tuple[Path, Path], use_cache: bool) 
     idx = torch.from_numpy(exported.vocab.encode(EXPECTED["prompt"]))[None]
     out = exported.generate(idx, 200, temperature=0.0, use_cache=use_cache)
     assert exported.vocab.decode(out[0]) == EXPECTED["greedy"]
+
+
+# ---- the static pair ----
+STATIC = ("prefill_static", "decode_static")
+
+
+def test_static_pair_has_fixed_shapes_and_atc_ops_at_its_opset(baby: tuple[Path, Path]) -> None:
+    _, folder = baby
+    manifest = Manifest.read(folder)
+    for name in STATIC:
+        graph = manifest.graphs[name]
+        assert all(isinstance(d, int) for t in graph.inputs + graph.outputs for d in t.shape), name
+        assert set(graph.ops) <= ATC_ONNX_OPS, name
+        assert manifest.max_abs_diff[name] <= 1e-4
+    prefill, decode = manifest.graphs["prefill_static"], manifest.graphs["decode_static"]
+    assert prefill.inputs == [TensorSpec("idx", [1, 64], "int64"), TensorSpec("length", [1], "int64")]
+    assert prefill.outputs[:2] == [TensorSpec("logits", [1, 1, 65], "float32"),
+                                   TensorSpec("present_key_0", [1, 4, 64, 32], "float32")]  # fmt: skip
+    assert decode.inputs[:3] == [TensorSpec("idx", [1, 1], "int64"), TensorSpec("pos", [1], "int64"),
+                                 TensorSpec("past_key_0", [1, 4, 64, 32], "float32")]  # fmt: skip
+    assert decode.outputs[-1] == TensorSpec("present_value_3", [1, 4, 64, 32], "float32")
+    assert (len(decode.inputs), len(decode.outputs)) == (2 + 2 * 4, 1 + 2 * 4)
+    # The slot written and the positions seen come from pos inside the graph, with no ScatterND.
+    assert {"Equal", "LessOrEqual", "Where"} <= set(decode.ops) and "ScatterND" not in decode.ops
+    assert manifest.max_abs_diff["decode_static_cache"] <= 1e-4
+    # Every graph atc may compile, checked by (op, opset): opset 15 needs CANN 7.0+, 13 also reads on 5.0.
+    for name in ("full", "prefill", "decode", *STATIC):
+        assert oldest_cann(manifest.graphs[name].ops, 15) == "7.0", name
+        assert oldest_cann(manifest.graphs[name].ops, 13) == "5.0", name
+
+
+def test_cli_generate_static_cache_is_pytorchs(baby: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """``--cache static``: 200 tokens from 6 run 142 past block_size=64, each re-reading the last window."""
+    ckpt, folder = baby
+    args = ["--prompt", EXPECTED["prompt"], "--max_new_tokens", "200", "--temperature", "0"]
+    assert main(["generate", "--checkpoint", str(ckpt), *args]) == 0
+    pytorch = capsys.readouterr().out
+    assert pytorch.startswith(EXPECTED["greedy"] + "\n---------------")
+    assert main(["generate", "--onnx", str(folder), "--cache", "static", *args]) == 0
+    assert capsys.readouterr().out == pytorch
+    exported = ExportedGPT(folder, cache="static")
+    idx = torch.from_numpy(exported.vocab.encode(EXPECTED["prompt"]))[None]
+    out = exported.generate(idx, 70, temperature=0.0, use_cache=False)  # every token a whole window
+    assert exported.vocab.decode(out[0]) == EXPECTED["greedy"][:76]
+    assert sorted(exported._sessions) == ["prefill_static"]
+
+
+def test_cann_provider_gets_the_static_pair_and_options_that_write_nothing(
+    baby: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No CANN here: the provider list each session is asked for is recorded, and CPU runs it."""
+    _, folder = baby
+    opened, session = [], onnxrt._session
+
+    def recording_session(path: Path, providers: list, threads: int | None):
+        opened.append((Path(path).name, providers))
+        return session(path, ["CPUExecutionProvider"], threads)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CANNExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxrt, "_session", recording_session)
+    exported, backend = open_export(folder, backend="cann")
+    assert (backend, exported.cache) == ("cann", "static")
+    idx = torch.from_numpy(exported.vocab.encode(EXPECTED["prompt"]))[None]
+    assert exported.vocab.decode(exported.generate(idx, 80, temperature=0.0)[0]) == EXPECTED["greedy"][:86]
+    options = {"device_id": "0", "enable_cann_graph": "1", "dump_graphs": "0", "dump_om_model": "0"}
+    providers = [("CANNExecutionProvider", options), "CPUExecutionProvider"]
+    assert opened == [("prefill_static.onnx", providers), ("decode_static.onnx", providers)]
+
+
+def test_om_runners_take_their_mode_from_the_manifest(
+    baby: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in ais_bench whose sessions run the matching .onnx: the static pair's .om files run in
+    mode ``static``, the full graph's in ``dymdims`` exactly when the manifest lists dynamic_dims (the
+    stand-in has no ``get_inputs``: nothing may be guessed from the loaded model)."""
+    _, folder = baby
+    out = _copy_export(folder, tmp_path / "export")
+    manifest, soc, modes = Manifest.read(out), "Ascend310P3", []
+    for graph in ("full", *STATIC):
+        (out / f"{graph}_{soc}.om").write_bytes(b"fake om")
+    static = {g: AtcStatic("atc ...", f"{g}_{soc}.om") for g in STATIC}
+    manifest.atc = AtcRecord(soc, "atc ...", om=f"full_{soc}.om", static=static)
+    manifest.write(out)
+
+    class InferSession:
+        def __init__(self, device_id: int, path: str) -> None:
+            self.graph = Path(path).name.removesuffix(f"_{soc}.om")
+            self.session = ort.InferenceSession(str(out / f"{self.graph}.onnx"))
+
+        def infer(self, feeds: list[np.ndarray], mode: str = "static") -> list[np.ndarray]:
+            modes.append((self.graph, mode))
+            return self.session.run(None, dict(zip([i.name for i in self.session.get_inputs()], feeds, strict=True)))
+
+    interface = ModuleType("ais_bench.infer.interface")
+    interface.InferSession = InferSession
+    monkeypatch.setitem(sys.modules, "ais_bench.infer.interface", interface)
+    monkeypatch.setattr("lit_nanogpt.npu.om.ais_bench_available", lambda: True)
+    idx = torch.from_numpy(Vocabulary(manifest.vocab).encode(EXPECTED["prompt"]))[None]
+    exported, backend = open_export(out, backend="om")
+    assert (backend, exported.cache) == ("om", "static")
+    assert exported.vocab.decode(exported.generate(idx, 80, temperature=0.0)[0]) == EXPECTED["greedy"][:86]
+    assert sorted(set(modes)) == [("decode_static", "static"), ("prefill_static", "static")]
+    for dims, mode in [(None, "static"), ([32, 64], "dymdims")]:
+        manifest.dynamic_dims = dims
+        manifest.write(out)
+        modes.clear()
+        exported, backend = open_export(out, backend="om", cache="dynamic")
+        assert exported.vocab.decode(exported.generate(idx, 4, temperature=0.0)[0]) == EXPECTED["greedy"][:10]
+        assert set(modes) == {("full", mode)}
 
 
 def test_onnx_sampling_matches_pytorch(baby: tuple[Path, Path]) -> None:
@@ -284,17 +417,31 @@ def test_fake_atc_compiles_the_full_graph(
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     model, vocab = load_model(ckpt)
     out = tmp_path / "export"
-    atc = AtcOptions(soc_version="Ascend910B", precision_mode="must_keep_origin_dtype", log="info")
+    atc = AtcOptions(soc_version="Ascend910B3", precision_mode="must_keep_origin_dtype", log="info")
     manifest = export_model(model, vocab, out, ExportSettings(int8=False, dynamic_dims=dims, atc=atc))
-    args = json.loads((tmp_path / "bin" / "args.json").read_text())
-    assert args["soc_version"] == "Ascend910B" and args["precision_mode"] == "must_keep_origin_dtype"
+    calls = _atc_calls(tmp_path / "bin")
+    args = calls["full"]
+    assert args["soc_version"] == "Ascend910B3" and args["precision_mode"] == "must_keep_origin_dtype"
     assert args["input_shape"] == ("idx:1,-1" if dims else "idx:1,64")
     assert args.get("dynamic_dims") == ("16;32;64" if dims else None)
-    assert manifest.atc.om == "full_Ascend910B.om"
-    assert (out / "full_Ascend910B.om").read_bytes() == b"fake om for Ascend910B"
+    assert manifest.atc.om == "full_Ascend910B3.om"
+    assert (out / "full_Ascend910B3.om").read_bytes() == b"fake om for Ascend910B3"
     assert "ATC run success" in (out / manifest.atc.log).read_text()
     assert manifest.atc.command.startswith("atc --framework=5 --model=" + str((out / "full.onnx").resolve()))
-    assert "full_Ascend910B.om" in Manifest.read(out).files
+    assert "full_Ascend910B3.om" in Manifest.read(out).files
+    # The static pair: one .om each, every input's shape fixed, no --dynamic_dims whatever the full graph has.
+    cache = ";".join(f"past_{kind}_{i}:1,4,64,32" for i in range(4) for kind in ("key", "value"))
+    assert sorted(calls) == ["decode_static", "full", "prefill_static"]
+    assert calls["prefill_static"]["input_shape"] == "idx:1,64;length:1"
+    assert calls["decode_static"]["input_shape"] == f"idx:1,1;pos:1;{cache}"
+    for graph in ("prefill_static", "decode_static"):
+        assert "dynamic_dims" not in calls[graph] and calls[graph]["precision_mode"] == "must_keep_origin_dtype"
+        record = manifest.atc.static[graph]
+        assert (record.om, record.log) == (f"{graph}_Ascend910B3.om", f"{graph}_Ascend910B3.atc.log")
+        assert (out / record.om).read_bytes() == b"fake om for Ascend910B3"
+        assert record.command.startswith(f"atc --framework=5 --model={out.resolve()}/{graph}.onnx ")
+        assert shlex.split(record.command)[5] == f"--input_shape={calls[graph]['input_shape']}"
+    assert Manifest.read(out).atc == manifest.atc
     if dims:  # the dynamic-length full graph still pads to a profile length and stays exact
         exported = ExportedGPT(out)
         idx = torch.from_numpy(vocab.encode(EXPECTED["prompt"]))[None]
@@ -323,13 +470,22 @@ def test_no_atc_writes_the_command_and_goes_on(
     out = tmp_path / "export"
     manifest = export_model(model, vocab, out, ExportSettings(int8=False, atc=AtcOptions(soc_version="Ascend310B1")))
     lines = (out / "atc_command.sh").read_text().splitlines()
-    assert lines == [manifest.atc.command]
+    static = [manifest.atc.static[g].command for g in ("prefill_static", "decode_static")]
+    assert lines == [manifest.atc.command, *static]
     assert lines[0] == (
         f"atc --framework=5 --model={out.resolve()}/full.onnx --output={out.resolve()}/full_Ascend310B1 "
         "--soc_version=Ascend310B1 --input_shape=idx:1,64 --input_format=ND "
         "--precision_mode=allow_fp32_to_fp16 --log=error"
     )
+    assert lines[1] == (
+        f"atc --framework=5 --model={out.resolve()}/prefill_static.onnx "
+        f"--output={out.resolve()}/prefill_static_Ascend310B1 --soc_version=Ascend310B1 "
+        "'--input_shape=idx:1,64;length:1' --input_format=ND --precision_mode=allow_fp32_to_fp16 --log=error"
+    )
+    assert lines[2].startswith(f"atc --framework=5 --model={out.resolve()}/decode_static.onnx ")
+    assert " '--input_shape=idx:1,1;pos:1;past_key_0:1,4,64,32;past_value_0:1,4,64,32;" in lines[2]
     assert manifest.atc.om is None
+    assert [(r.om, r.log) for r in manifest.atc.static.values()] == [(None, None), (None, None)]
     warnings = [r.getMessage() for r in caplog.records if r.name == "lit_nanogpt.npu.atc"]
     assert warnings == [f"atc is not on PATH: compile for Ascend310B1 later with {out / 'atc_command.sh'}"]
 
@@ -342,15 +498,27 @@ def test_atc_tool_prints_and_runs_the_command(
     script = _fake_atc(tmp_path / "bin")
     tool = _atc_tool()
     assert tool.main([str(out), "--soc_version", "Ascend310", "--print_only", "true"]) == 0
-    assert capsys.readouterr().out == f"atc --framework=5 --model={out.resolve()}/full.onnx " + (
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"atc --framework=5 --model={out.resolve()}/full.onnx " + (
         f"--output={out.resolve()}/full_Ascend310 --soc_version=Ascend310 --input_shape=idx:1,64 --input_format=ND "
         "--precision_mode=allow_fp32_to_fp16 --log=error\n"
-    )
+    ))  # fmt: skip
+    assert printed.splitlines()[1:] == [
+        f"atc --framework=5 --model={out.resolve()}/{g}.onnx --output={out.resolve()}/{g}_Ascend310 "
+        f"--soc_version=Ascend310 '--input_shape={shape}' --input_format=ND --precision_mode=allow_fp32_to_fp16 "
+        "--log=error"
+        for g, shape in [
+            ("prefill_static", "idx:1,64;length:1"),
+            ("decode_static", "idx:1,1;pos:1;" + ";".join(
+                f"past_{k}_{i}:1,4,64,32" for i in range(4) for k in ("key", "value"))),
+        ]
+    ]  # fmt: skip
     assert tool.main([str(out), "--soc_version", "Ascend310", "--atc", str(tmp_path / "nope")]) == 1
     assert "atc " + str(tmp_path / "nope") + " does not exist" in capsys.readouterr().err
     assert tool.main([str(out), "--atc", str(script)]) == 0
     manifest = Manifest.read(out)  # re-hashed: the .om and its log are now part of the folder
     assert manifest.atc.om == "full_Ascend310P3.om" and "full_Ascend310P3.om" in manifest.files
+    assert {"prefill_static_Ascend310P3.om", "decode_static_Ascend310P3.om"} <= set(manifest.files)
     # A failing recompile leaves that compiled folder exactly as it was, and no staging folder behind.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     failing = _fake_atc(tmp_path / "bin2", exit_code=2)
@@ -390,6 +558,17 @@ def test_cli_export_then_generate_with_onnx(
         (["--onnx", "NOPE"], "export folder NOPE does not exist"),
         (["--onnx", "EXPORT", "--prompt", "ROMEO€"], "not in the model's vocabulary: '€'"),
         (["--onnx", "EXPORT", "--int8", "true"], "no full_int8, prefill_int8, decode_int8 graph"),
+        (["--checkpoint", "X", "--cache", "static"], "--int8, --window, --backend and --cache apply to --onnx"),
+        (["--onnx", "EXPORT", "--int8", "true", "--cache", "static"], "the static KV-cache graphs have no int8"),
+        (
+            ["--onnx", "EXPORT", "--int8", "true", "--backend", "cann"],
+            "--int8 runs on the CPU only, not with "
+            "--backend cann: the int8 graphs' DynamicQuantizeLinear and MatMulInteger are not ops atc parses",
+        ),
+        (
+            ["--onnx", "EXPORT", "--int8", "true", "--backend", "om"],
+            "--int8 runs on the CPU only, not with --backend om",
+        ),
     ],
 )
 def test_cli_generate_bad_input_is_one_line(
@@ -402,10 +581,54 @@ def test_cli_generate_bad_input_is_one_line(
     for name in ("full", "prefill", "decode"):
         shutil.copy(folder / f"{name}.onnx", fp32_only)
         del manifest.graphs[f"{name}_int8"], manifest.files[f"{name}.int8.onnx"]
+    for name in ("prefill_static", "decode_static"):
+        shutil.copy(folder / f"{name}.onnx", fp32_only)
     (fp32_only / MANIFEST).write_text(json.dumps(manifest.to_dict()))
     assert main(["generate", *[str(fp32_only) if a == "EXPORT" else a for a in args]]) == 1
     err = capsys.readouterr().err
     assert err.startswith("lit-nanogpt: error: ") and err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--atc.soc_version", "Ascend910B"], "soc_version='Ascend910B' is not a chip atc knows (Atlas A2 (910B) "
+         'chips are Ascend910B1..Ascend910B4, "Ascend" + the Name column of npu-smi info); one of: Ascend310, '),
+        (["--atc.soc_version", "Ascend910"], "Ascend910B1, Ascend910B2, Ascend910B2C, Ascend910B3, Ascend910B4"),
+        (["--atc.soc_version", "Ascend310", "--atc.precision_mode", "must_keep_origin_dtype"],
+         "precision_mode=must_keep_origin_dtype cannot compile for Ascend310: it has no fp32 MatMul"),
+        (["--atc.precision_mode", "fp16"], "precision_mode='fp16' is not one of force_fp32, force_fp16, "),
+        (["--dynamic_dims", "[64, 64]"], "has 1 distinct length(s): atc's --dynamic_dims takes 2 to 100 profiles"),
+        (["--opset", "19"], "opset=19 is outside what atc parses: 9-13 (CANN 5.0+), 8-18 (CANN 7.0+)"),
+    ],
+)  # fmt: skip
+def test_cli_export_bad_atc_settings_are_one_line(
+    baby_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["export", "--checkpoint", str(baby_ckpt), "--out", str(tmp_path / "export"), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lit-nanogpt: error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "export").exists()
+
+
+def test_check_graph_refuses_an_op_at_an_opset_atc_does_not_parse(tmp_path: Path) -> None:
+    """atc looks ops up as ai.onnx::<opset>::<Op>: ReduceMean is registered up to 16 (CANN 7.0+), 13 (5.0)."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 1])
+    node = onnx.helper.make_node("ReduceMean", ["x"], ["y"], axes=[1])
+    path = tmp_path / "mean.onnx"
+    for opset, cann in [(17, None), (16, "7.0"), (13, "5.0")]:
+        graph = onnx.helper.make_graph([node], "mean", [x], [y])
+        onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)]), path)
+        assert oldest_cann(["ReduceMean"], opset) == cann
+        if cann is None:
+            with pytest.raises(ValueError, match=re.escape(
+                "mean.onnx at opset 17 parses with no supported CANN's atc (ops atc of CANN 7.0+ reads only at "
+                "other opsets: ReduceMean (8-16)): export with --opset 15 (CANN 7.0+) or 13 (CANN 5.0+)"
+            )):  # fmt: skip
+                check_graph(path, opset)
+        else:
+            assert check_graph(path, opset).ops == ["ReduceMean"]
 
 
 # ---- the callback ----
@@ -488,11 +711,11 @@ def test_each_export_setting_is_defined_once(
             "dynamic_dims": [16, 32],
             "int8": False,
             "tolerance": 0.001,
-            "atc": {"soc_version": "Ascend910B", "precision_mode": "force_fp16", "log": "info", "atc": "/opt/atc",
+            "atc": {"soc_version": "Ascend910B3", "precision_mode": "force_fp16", "log": "info", "atc": "/opt/atc",
                     "enabled": False},
         },
     }  # fmt: skip
-    atc = AtcOptions(soc_version="Ascend910B", precision_mode="force_fp16", log="info", atc="/opt/atc", enabled=False)
+    atc = AtcOptions(soc_version="Ascend910B3", precision_mode="force_fp16", log="info", atc="/opt/atc", enabled=False)
     expected = ExportSettings(opset=14, batch_size=2, dynamic_dims=[16, 32], int8=False, tolerance=0.001, atc=atc)
     config = yaml.safe_load((ROOT / "configs" / "shakespeare_char_cpu.yaml").read_text())
     config["trainer"]["callbacks"] = [{"class_path": "lit_nanogpt.callbacks.OnnxExport", "init_args": init_args}]

@@ -7,12 +7,16 @@ An export folder holds, beside a ``manifest.json`` that makes it self-contained:
 * ``prefill.onnx`` and ``decode.onnx``: the KV-cache pair used for generation. Prefill takes the
   prompt and returns its logits and every layer's keys and values; decode takes one token and those
   keys and values and returns them one position longer.
-* optionally ``*.int8.onnx``: the same graphs with int8 weights (onnxruntime's dynamic quantization).
+* ``prefill_static.onnx`` and ``decode_static.onnx``: the same pair with every shape fixed (a cache of
+  ``block_size`` positions per layer, the position an input), for ``atc`` and the CANN provider.
+* optionally ``*.int8.onnx``: the dynamic graphs with int8 weights (onnxruntime's dynamic
+  quantization; CPU only).
 
-The graphs go through torch's TorchScript exporter at opset 15 by default (``ExportSettings.opset``),
-as recent CANN releases' ``atc`` read ONNX opsets 11 to 15 and the dynamo exporter starts at 18.
+The graphs go through torch's TorchScript exporter at opset 15 by default (``ExportSettings.opset``;
+the dynamo exporter starts at 18). atc parses an op only at the opsets its plugins register
+(``lit_nanogpt.npu.atc.CANN_ONNX_PARSERS``): opset 15 needs CANN 7.0 or later, 13 also reads on 5.0.
 Attention is written out with an additive mask (no ``Trilu``, no ``IsNaN``) by a custom symbolic, so
-every op is one ``atc`` knows (``lit_nanogpt.npu.atc.ATC_ONNX_OPS``).
+every op is one ``atc`` knows (``lit_nanogpt.npu.atc.ATC_ONNX_OPS``), at that opset.
 """
 
 from __future__ import annotations
@@ -34,12 +38,17 @@ from lit_nanogpt.data import Vocabulary
 from lit_nanogpt.export.manifest import Graph, Manifest, TensorSpec, replacing
 from lit_nanogpt.export.settings import ExportSettings
 from lit_nanogpt.model import GPT
-from lit_nanogpt.npu.atc import ATC_ONNX_OPS, run_atc
+from lit_nanogpt.npu.atc import ATC_ONNX_OPS, CANN_ONNX_PARSERS, oldest_cann, run_atc, unreadable
 
 log = logging.getLogger(__name__)
 
 # Large enough that exp() of it is exactly 0 in fp32, small enough to stay finite in fp16 on Ascend.
 _MASKED = -1.0e4
+
+
+# The fp32 graphs of an export folder, each ``<name>.onnx``.
+GRAPHS = ("full", "prefill", "decode", "prefill_static", "decode_static")
+STATIC_GRAPHS = ("prefill_static", "decode_static")
 
 
 def past_names(n_layer: int, prefix: str) -> list[str]:
@@ -74,6 +83,52 @@ class CachedGraph(nn.Module):
         cache = [(past[i], past[i + 1]) for i in range(0, len(past), 2)] if past else None
         logits, present = self.model.forward_cached(idx, cache)
         return (logits, *(t for kv in present for t in kv))
+
+
+class StaticPrefillGraph(nn.Module):
+    """The static-shape prefill: (``idx`` (B, block_size), ``length`` [1]) -> (logits (B, 1, V), *present).
+
+    ``idx`` is the prompt right-padded to ``block_size``; ``length`` its true length. The logits are
+    those of position ``length - 1``; ``present`` is ``key_0, value_0, ...``, each (B, n_head,
+    block_size, head_size). Attention is causal, so the padding cannot reach the first ``length``
+    positions; its keys and values are overwritten (and masked until then) by ``StaticDecodeGraph``.
+    """
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, present = self.model.forward_cached(idx)  # (B, block_size, V)
+        logits = torch.index_select(logits, 1, length - 1)  # (B, 1, V)
+        return (logits, *(t for kv in present for t in kv))
+
+
+class StaticDecodeGraph(nn.Module):
+    """The static-shape decode: (``idx`` (B, 1), ``pos`` [1], *past) -> (logits (B, 1, V), *present).
+
+    ``past`` and ``present`` are fixed caches of ``block_size`` positions per layer, key_0, value_0,
+    ..., each (B, n_head, block_size, head_size), valid up to ``pos - 1``. The token at ``pos`` is
+    written into slot ``pos`` (a one-hot ``Where``, no ScatterND) and attends to slots ``0..pos``
+    (a mask compared from a constant range and ``pos`` inside the graph).
+    """
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        model = self.model
+        S = model.config.block_size
+        slots = torch.arange(S, device=idx.device)  # (S,)
+        slot = (slots == pos).view(1, 1, S, 1)  # where the new key and value go
+        mask = (slots <= pos).view(1, S)  # what the new token sees
+        x = model.transformer.wte(idx) + model.transformer.wpe(pos)  # (B, 1, C)
+        present: list[torch.Tensor] = []
+        for i, block in enumerate(model.transformer.h):
+            x, kv = block.forward_cached(x, (past[2 * i], past[2 * i + 1]), mask, slot)
+            present.extend(kv)
+        return (model.lm_head(model.transformer.ln_f(x)), *present)  # (B, 1, V)
 
 
 def _sdpa_symbolic(head_size: int):
@@ -146,7 +201,11 @@ def _io(values: Any) -> list[TensorSpec]:
 
 
 def check_graph(path: Path, opset: int, allowed_ops: frozenset[str] | None = ATC_ONNX_OPS) -> Graph:
-    """``onnx.checker`` on the file, then its opset and ops; returns its manifest entry."""
+    """``onnx.checker`` on the file, then its opset and ops; returns its manifest entry.
+
+    With ``allowed_ops`` (atc's ops; ``None`` for the CPU-only int8 graphs) every op must be one atc
+    of some supported CANN generation parses at this opset (``CANN_ONNX_PARSERS``).
+    """
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path), load_external_data=False)
     got = {o.domain or "ai.onnx": o.version for o in model.opset_import}
@@ -157,6 +216,11 @@ def check_graph(path: Path, opset: int, allowed_ops: frozenset[str] | None = ATC
     ops = sorted({n.op_type for n in model.graph.node})
     if allowed_ops is not None and (bad := [op for op in ops if op not in allowed_ops]):
         raise ValueError(f"{path.name} contains ops that atc lacks: {', '.join(bad)}")
+    if allowed_ops is not None and oldest_cann(ops, opset) is None:
+        raise ValueError(
+            f"{path.name} at opset {opset} parses with no supported CANN's atc ({unreadable(ops, opset)}): "
+            "export with --opset 15 (CANN 7.0+) or 13 (CANN 5.0+)"
+        )
     return Graph(path.name, _io(model.graph.input), _io(model.graph.output), ops)
 
 
@@ -174,6 +238,7 @@ def _parity(folder: Path, model: GPT, batch: int, block_size: int) -> dict[str, 
     with torch.no_grad():
         ref, cache = model.forward_cached(idx)  # (B, T, V)
     out: dict[str, float] = {}
+    cache_flat = [t.numpy() for kv in cache for t in kv]
     (full,) = _ort_session(folder / "full.onnx").run(["logits"], {"idx": idx.numpy()})
     out["full"] = float(np.abs(full - ref.numpy()).max())
     split = max(1, T - 1)
@@ -184,8 +249,22 @@ def _parity(folder: Path, model: GPT, batch: int, block_size: int) -> dict[str, 
         feeds = {"idx": idx[:, split:].numpy(), **dict(zip(names, prefill[1:], strict=True))}
         decode = _ort_session(folder / "decode.onnx").run(None, feeds)
         out["decode"] = float(np.abs(decode[0] - ref[:, split:].numpy()).max())
-        cache_flat = [t.numpy() for kv in cache for t in kv]
         out["decode_cache"] = float(max(np.abs(a - b).max() for a, b in zip(decode[1:], cache_flat, strict=True)))
+    # The static pair: the prompt right-padded to block_size, then one token written at slot `split`.
+    window = np.zeros((batch, block_size), dtype=np.int64)
+    window[:, :split] = idx[:, :split].numpy()
+    length = np.array([split], dtype=np.int64)
+    prefill = _ort_session(folder / "prefill_static.onnx").run(None, {"idx": window, "length": length})
+    out["prefill_static"] = float(np.abs(prefill[0][:, 0] - ref[:, split - 1].numpy()).max())
+    if split < T:
+        names = past_names(model.config.n_layer, "past")
+        feeds = {"idx": idx[:, split : split + 1].numpy(), "pos": length, **dict(zip(names, prefill[1:], strict=True))}
+        decode = _ort_session(folder / "decode_static.onnx").run(None, feeds)
+        out["decode_static"] = float(np.abs(decode[0][:, 0] - ref[:, split].numpy()).max())
+        valid = slice(0, split + 1)  # the slots written so far; the rest holds the padding's keys
+        out["decode_static_cache"] = float(
+            max(np.abs(a[:, :, valid] - b[:, :, valid]).max() for a, b in zip(decode[1:], cache_flat, strict=True))
+        )
     return out
 
 
@@ -221,8 +300,11 @@ def export_model(
     """
     settings = settings if settings is not None else ExportSettings()
     opset, batch_size, dynamic_dims = settings.opset, settings.batch_size, settings.dynamic_dims
-    if not 11 <= opset <= 17:
-        raise ValueError(f"opset={opset} is outside 11..17: atc reads 11 to 15, use 15")
+    first = min(p.opsets[0] for p in CANN_ONNX_PARSERS)
+    last = max(p.opsets[1] for p in CANN_ONNX_PARSERS)
+    if not first <= opset <= last:
+        ranges = ", ".join(f"{p.opsets[0]}-{p.opsets[1]} (CANN {p.cann}+)" for p in CANN_ONNX_PARSERS)
+        raise ValueError(f"opset={opset} is outside what atc parses: {ranges}; use 15, or 13 for CANN 5.0")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
     config = model.config
@@ -231,6 +313,11 @@ def export_model(
         if not dynamic_dims or dynamic_dims[0] < 1 or dynamic_dims[-1] > config.block_size:
             raise ValueError(
                 f"dynamic_dims={dynamic_dims} must be lengths between 1 and block_size={config.block_size}"
+            )
+        if not 2 <= len(dynamic_dims) <= 100:  # atc's --dynamic_dims takes 2 to 100 profiles
+            raise ValueError(
+                f"dynamic_dims={dynamic_dims} has {len(dynamic_dims)} distinct length(s): atc's --dynamic_dims "
+                "takes 2 to 100 profiles; leave dynamic_dims unset for one fixed length (block_size)"
             )
     if len(vocab) != config.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocab)} characters but the model's vocab_size={config.vocab_size}")
@@ -254,8 +341,17 @@ def export_model(
             cache = tuple(torch.zeros(1, nh, 2, hs) for _ in past)
             _export_graph(CachedGraph(model), (one, *cache), tmp / "decode.onnx", ["idx", *past],
                           ["logits", *present], {**io_axes, **kv_axes}, opset)  # fmt: skip
+            # The static pair: every input and output of a fixed shape, for atc and the CANN provider.
+            S = config.block_size
+            window, length = torch.zeros(batch_size, S, dtype=torch.long), torch.ones(1, dtype=torch.long)
+            _export_graph(StaticPrefillGraph(model), (window, length), tmp / "prefill_static.onnx",
+                          ["idx", "length"], ["logits", *present], {}, opset)  # fmt: skip
+            one, pos = torch.zeros(batch_size, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+            cache = tuple(torch.zeros(batch_size, nh, S, hs) for _ in past)
+            _export_graph(StaticDecodeGraph(model), (one, pos, *cache), tmp / "decode_static.onnx",
+                          ["idx", "pos", *past], ["logits", *present], {}, opset)  # fmt: skip
 
-        graphs = {name: check_graph(tmp / f"{name}.onnx", opset) for name in ("full", "prefill", "decode")}
+        graphs = {name: check_graph(tmp / f"{name}.onnx", opset) for name in GRAPHS}
         parity = _parity(tmp, model, batch_size, config.block_size)
         worst = max(parity.values())
         if worst > settings.tolerance:
@@ -264,7 +360,10 @@ def export_model(
                 f"(> tolerance {settings.tolerance:g}): {parity}; the export was not written"
             )
         log.info(f"ONNX export: onnxruntime vs PyTorch fp32 logits, max abs difference {worst:.3g}")
-        if settings.int8:
+        order = [p.cann for p in CANN_ONNX_PARSERS]
+        cann = max((oldest_cann(g.ops, opset) for g in graphs.values()), key=order.index)
+        log.info(f"atc of CANN {cann} or later parses these graphs at opset {opset}")
+        if settings.int8:  # CPU only: DynamicQuantizeLinear and MatMulInteger are not ops atc parses
             for name in ("full", "prefill", "decode"):
                 quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx")
                 graphs[f"{name}_int8"] = check_graph(tmp / f"{name}.int8.onnx", opset, allowed_ops=None)

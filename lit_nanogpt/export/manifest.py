@@ -116,7 +116,7 @@ class Manifest:
             source=d["source"],
             max_abs_diff={k: float(v) for k, v in d["max_abs_diff"].items()},
             graphs={name: Graph.from_dict(g) for name, g in d["graphs"].items()},
-            atc=None if atc is None else AtcRecord(**atc),
+            atc=None if atc is None else AtcRecord.from_dict(atc),
             files=dict(d["files"]),
         )
         if not isinstance(manifest.vocab, str):

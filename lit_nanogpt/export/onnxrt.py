@@ -6,6 +6,12 @@ context. Past ``block_size`` the window slides and every position shifts; ``wind
 runs ``full.onnx`` on the last ``block_size`` tokens per token, as nanoGPT does, and
 ``window="half"`` instead re-prefills the last ``block_size // 2`` tokens whenever the cache is full
 (cheaper, each token then sees between half and all of ``block_size``; see docs/export.md).
+
+``cache="static"`` runs the static-shape pair instead (``prefill_static.onnx``, ``decode_static.onnx``:
+every shape fixed, for atc and the CANN provider): the prompt right-padded to ``block_size``, then
+each token written into its slot of a ``block_size``-position cache. Past ``block_size`` the exact
+window re-runs ``prefill_static`` on the last ``block_size`` tokens per token: the same cost as
+``full.onnx``.
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ import numpy as np
 import torch
 
 from lit_nanogpt.data import Vocabulary
-from lit_nanogpt.export.graphs import past_names
+from lit_nanogpt.export.graphs import STATIC_GRAPHS, past_names
 from lit_nanogpt.export.manifest import Manifest
 from lit_nanogpt.model import sample_next
 
 WINDOWS = ("exact", "half")
 BACKENDS = ("auto", "cpu", "cann", "om")
+CACHES = ("auto", "dynamic", "static")
+# One runner per graph name, in place of onnxruntime (an .om on Ascend): feeds by input name -> outputs.
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
 def _session(path: Path, providers: list[str], threads: int | None):
@@ -50,6 +59,8 @@ class ExportedGPT:
         threads: int | None = None,
         full_runner: Callable[[np.ndarray], np.ndarray] | None = None,
         manifest: Manifest | None = None,
+        cache: str = "dynamic",
+        runners: dict[str, Runner] | None = None,
     ) -> None:
         """Open the graphs of ``folder``.
 
@@ -61,22 +72,34 @@ class ExportedGPT:
             full_runner: Runs the full-context graph instead of onnxruntime (e.g. an ``.om`` on Ascend);
                 it takes ``idx`` (B, T) int64 and returns logits (B, T, V). Generation then uses no cache.
             manifest: ``Manifest.read(folder)`` when the caller has it already (it hashes every file).
+            cache: ``dynamic`` (``prefill``/``decode``, growing cache, and ``full`` past block_size) or
+                ``static`` (``prefill_static``/``decode_static``, every shape fixed).
+            runners: Run these graphs (by name) instead of onnxruntime, e.g. the static pair's ``.om`` files.
         """
+        if cache not in ("dynamic", "static"):
+            raise ValueError(f"cache={cache!r} is not 'dynamic' or 'static'")
         self.folder = Path(folder)
         self.manifest = manifest if manifest is not None else Manifest.read(self.folder)
         self.vocab = Vocabulary(self.manifest.vocab)
         self.block_size = self.manifest.block_size
         self.n_layer = self.manifest.model.n_layer
+        self.cache = cache
+        if cache == "static" and int8:
+            raise ValueError("the static KV-cache graphs have no int8 copies (int8 is for onnxruntime on CPU): "
+                             "use --cache dynamic with --int8")  # fmt: skip
         suffix = "_int8" if int8 else ""
         graphs = self.manifest.graphs
-        missing = [g + suffix for g in ("full", "prefill", "decode") if g + suffix not in graphs]
+        names = STATIC_GRAPHS if cache == "static" else ("full", "prefill", "decode")
+        missing = [g + suffix for g in names if g + suffix not in graphs]
         if missing:
-            hint = "export with int8 enabled" if int8 else "export again"
+            hint = "export with int8 enabled" if int8 else "export again (lit-nanogpt export)"
             raise ValueError(f"{self.folder} has no {', '.join(missing)} graph: {hint}")
-        self._files = {g: self.folder / graphs[g + suffix].file for g in ("full", "prefill", "decode")}
+        self._files = {g: self.folder / graphs[g + suffix].file for g in names}
+        self._shapes = {g: {t.name: t.shape for t in graphs[g + suffix].inputs} for g in names}
         full_shape = graphs["full" + suffix].inputs[0].shape  # [batch, block_size] or [batch, "seq"]
         self._full_batch = full_shape[0] if isinstance(full_shape[0], int) else None
         self._full_len = full_shape[1] if isinstance(full_shape[1], int) else None
+        self._runners = dict(runners or {})
         self._dims = self.manifest.dynamic_dims or []
         self._providers = providers or ["CPUExecutionProvider"]
         self._threads = threads
@@ -85,9 +108,11 @@ class ExportedGPT:
         self._past = past_names(self.n_layer, "past")
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if graph in self._runners:
+            return self._runners[graph](feeds)
         if graph not in self._sessions:
             # One token's matmuls are too small to split across threads with any gain.
-            threads = self._threads or (1 if graph == "decode" else None)
+            threads = self._threads or (1 if graph.startswith("decode") else None)
             self._sessions[graph] = _session(self._files[graph], self._providers, threads)
         return self._sessions[graph].run(None, feeds)
 
@@ -122,6 +147,26 @@ class ExportedGPT:
         logits, *cache = self._run("decode", {"idx": idx, **dict(zip(self._past, cache, strict=True))})
         return logits[:, -1, :], cache
 
+    def prefill_static(self, idx: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``prefill`` through the static graph: ``idx`` (B, T <= block_size) right-padded to block_size;
+        the cache is key_0, value_0, ... (B, nh, block_size, hs), valid up to position T - 1."""
+        B, T = idx.shape
+        batch, block = self._shapes["prefill_static"]["idx"]
+        if B != batch:
+            raise ValueError(
+                f"the static graphs were exported for batch {batch}, not {B}: export with --batch_size {B}"
+            )
+        window = np.zeros((B, block), dtype=np.int64)
+        window[:, :T] = idx
+        logits, *cache = self._run("prefill_static", {"idx": window, "length": np.array([T], dtype=np.int64)})
+        return logits[:, -1, :], cache
+
+    def decode_static(self, idx: np.ndarray, pos: int, cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits (B, V) of ``idx`` (B, 1) at position ``pos``, and ``cache`` with its key and value written there."""
+        feeds = {"idx": idx, "pos": np.array([pos], dtype=np.int64), **dict(zip(self._past, cache, strict=True))}
+        logits, *cache = self._run("decode_static", feeds)
+        return logits[:, -1, :], cache
+
     # ---- the loop ----
     def _extend(
         self,
@@ -136,15 +181,24 @@ class ExportedGPT:
             raise ValueError(f"window={window!r} is not one of {', '.join(WINDOWS)}")
         block = self.block_size
         keep = max(1, block // 2)
-        use_cache = use_cache and self._full_runner is None
+        static = self.cache == "static"
+        use_cache = use_cache and (static or self._full_runner is None)
         cache: list[np.ndarray] | None = None
+        cached = 0  # positions held by the cache
         for step in range(steps):
-            cached = 0 if cache is None else cache[0].shape[2]
             if use_cache and cache is not None and cached < block:
-                logits, cache = self.decode(idx[:, -1:], cache)
+                if static:
+                    logits, cache = self.decode_static(idx[:, -1:], cached, cache)
+                else:
+                    logits, cache = self.decode(idx[:, -1:], cache)
+                cached += 1
             elif use_cache and (idx.shape[1] <= block or window == "half"):
                 # The first step, or (window="half") a full cache: start again from the last tokens.
-                logits, cache = self.prefill(idx[:, -block:] if cache is None else idx[:, -keep:])
+                ctx = idx[:, -block:] if cache is None else idx[:, -keep:]
+                logits, cache = self.prefill_static(ctx) if static else self.prefill(ctx)
+                cached = ctx.shape[1]
+            elif static:  # the exact sliding window: the whole last window again, as full.onnx would
+                logits, _ = self.prefill_static(idx[:, -block:])
             else:
                 logits = self.full(idx[:, -block:])
             idx = np.concatenate([idx, pick(logits, step)], axis=1)
@@ -184,18 +238,30 @@ class ExportedGPT:
         return float(np.mean(losses))
 
 
-def open_export(folder: str | Path, int8: bool = False, backend: str = "auto") -> tuple[ExportedGPT, str]:
+def open_export(
+    folder: str | Path, int8: bool = False, backend: str = "auto", cache: str = "auto"
+) -> tuple[ExportedGPT, str]:
     """The export in ``folder`` on the best backend installed, and that backend's name.
 
     ``auto`` picks an Ascend backend when one is installed (``lit_nanogpt.npu.om.open_on_ascend``:
-    the ``.om`` through ais_bench, else onnxruntime's CANN execution provider), else onnxruntime on CPU.
+    the ``.om`` through ais_bench, else onnxruntime's CANN execution provider), else onnxruntime on CPU;
+    with ``int8`` it is the CPU (the int8 graphs are CPU-only). ``cache="auto"`` is ``static`` on the
+    Ascend backends (fixed shapes: one compiled model per graph) and ``dynamic`` on the CPU.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
+    if cache not in CACHES:
+        raise ValueError(f"cache={cache!r} is not one of {', '.join(CACHES)}")
+    if int8 and backend in ("cann", "om"):
+        raise ValueError(
+            f"--int8 runs on the CPU only, not with --backend {backend}: the int8 graphs' DynamicQuantizeLinear "
+            "and MatMulInteger are not ops atc parses, and the CANN provider runs them on the CPU; for int8 on "
+            "Ascend quantize with Ascend's AMCT (docs/export.md)"
+        )
     manifest = Manifest.read(folder)
-    if backend != "cpu":
+    if backend != "cpu" and not int8:
         from lit_nanogpt.npu.om import open_on_ascend
 
-        if (on_ascend := open_on_ascend(Path(folder), manifest, int8, backend)) is not None:
+        if (on_ascend := open_on_ascend(Path(folder), manifest, backend, cache)) is not None:
             return on_ascend
-    return ExportedGPT(folder, int8, manifest=manifest), "cpu"
+    return ExportedGPT(folder, int8, manifest=manifest, cache="dynamic" if cache == "auto" else cache), "cpu"

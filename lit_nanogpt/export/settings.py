@@ -24,18 +24,21 @@ class ExportSettings:
     """How a model is exported (see docs/export.md)."""
 
     opset: int = 15
-    """ONNX opset; CANN's atc reads 11 to 15."""
+    """ONNX opset. atc parses each op only at the opsets CANN registers it for: 15 needs CANN 7.0 or
+    later (8-18, ReduceMean to 16); CANN 5.0 reads 9-13, so export with 13 for it."""
     batch_size: int = 1
     """Batch of the full-context graph that atc compiles (the KV-cache graphs take any batch)."""
     dynamic_dims: list[int] | None = None
-    """Sequence lengths for ``atc --dynamic_dims``, e.g. ``[64,128,256]``: the full graph then takes any
-    length up to block_size. Default: the full graph has the fixed length block_size."""
+    """Sequence lengths for ``atc --dynamic_dims`` (2 to 100 of them), e.g. ``[64,128,256]``: the full graph
+    then takes any length up to block_size. Default: the full graph has the fixed length block_size."""
     int8: bool = True
-    """Also write int8-weight copies of the graphs (``*.int8.onnx``) for fast CPU inference."""
+    """Also write int8-weight copies of the graphs (``*.int8.onnx``) for fast CPU inference (CPU only:
+    atc cannot parse them; on Ascend quantize with AMCT)."""
     tolerance: float = 1e-4
     """Largest allowed max abs difference of onnxruntime's fp32 logits from PyTorch's."""
     atc: AtcOptions | None = field(default_factory=AtcOptions)
-    """Compiling ``full.onnx`` for Ascend; ``None`` leaves the atc step out (no command written, no record)."""
+    """Compiling ``full.onnx`` and the static pair for Ascend; ``None`` leaves the atc step out (no command
+    written, no record)."""
 
 
 def add_arguments(parser: ArgumentParser, cls: type, nested_key: str | None = None, skip: Iterable[str] = ()) -> None:

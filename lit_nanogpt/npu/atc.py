@@ -1,7 +1,9 @@
-"""Ascend's graph compiler ``atc``: the ops it reads, its options, its command line, and running it.
+"""Ascend's graph compiler ``atc``: the ops it reads, its options, its command lines, and running it.
 
 ``atc`` turns the export's ``full.onnx`` into an offline model ``full_<soc>.om`` that the Ascend
-runtime loads (see tools/atc/README.md). Nothing here imports onnx or ``torch_npu``.
+runtime loads, and each graph of the static KV-cache pair (``prefill_static.onnx``,
+``decode_static.onnx``) into ``<graph>_<soc>.om`` (see tools/atc/README.md). Nothing here imports
+onnx or ``torch_npu``.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import logging
 import shlex
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lit_nanogpt.export.manifest import Manifest
@@ -29,6 +31,67 @@ ATC_ONNX_OPS = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class CannOnnxParser:
+    """The ONNX opsets one CANN generation's atc parses: it looks each node up as
+    ``ai.onnx::<the model's opset>::<Op>`` among its registered plugins, so an op registered for
+    opsets 9-13 does not parse in an opset-15 model."""
+
+    cann: str
+    """The first CANN release of the generation."""
+    opsets: tuple[int, int]
+    """First and last opset registered for every op of ``ATC_ONNX_OPS``, except those in ``ops``."""
+    ops: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Ops registered for a narrower range."""
+
+    def reads(self, op: str, opset: int) -> bool:
+        first, last = self.ops.get(op, self.opsets)
+        return op in ATC_ONNX_OPS and first <= opset <= last
+
+
+# Oldest first. CANN 5.0.x: the ONNX plugins (ops/built-in/framework/onnx_plugin/*_plugin.cc of
+# canndev, e.g. reduce_mean_plugin.cc: OriginOpType "ai.onnx::9::ReduceMean" ... "ai.onnx::13::ReduceMean")
+# register opsets 9 (some 8) to 13, the range of the CANN 5.0.4 operator list. CANN 7.0 and later (7.x,
+# 8.x): the plugins register most ops for opsets 8 to 18, and the ONNX operator list documents
+# ReduceMean up to opset 16. Not checked against a real atc (none was available to this project).
+CANN_ONNX_PARSERS = (
+    CannOnnxParser("5.0", (9, 13)),
+    CannOnnxParser("7.0", (8, 18), {"ReduceMean": (8, 16)}),
+)
+
+
+def oldest_cann(ops: list[str], opset: int) -> str | None:
+    """The first CANN release whose atc parses every op of ``ops`` at ``opset``, or ``None``."""
+    for parser in CANN_ONNX_PARSERS:
+        if all(parser.reads(op, opset) for op in ops):
+            return parser.cann
+    return None
+
+
+def unreadable(ops: list[str], opset: int) -> str:
+    """Why no supported CANN parses ``ops`` at ``opset``: each op's failure on the newest parser."""
+    parser = CANN_ONNX_PARSERS[-1]
+    bad = [op for op in ops if not parser.reads(op, opset)]
+    lacking = [op for op in bad if op not in ATC_ONNX_OPS]
+    ranged = [f"{op} ({'-'.join(map(str, parser.ops.get(op, parser.opsets)))})" for op in bad if op not in lacking]
+    parts = ([f"ops that atc lacks: {', '.join(lacking)}"] if lacking else []) + (
+        [f"ops atc of CANN {parser.cann}+ reads only at other opsets: {', '.join(ranged)}"] if ranged else []
+    )
+    return "; ".join(parts)
+
+
+# Chip names atc takes as --soc_version: "Ascend" + the Name column of `npu-smi info` (CANN 8.x ATC
+# guide, --soc_version). Atlas A2 (910B) boards are Ascend910B1..B4, Atlas A3 Ascend910_93xx.
+SOC_VERSIONS = (
+    "Ascend310", "Ascend310B1", "Ascend310B2", "Ascend310B3", "Ascend310B4",
+    "Ascend310P1", "Ascend310P3", "Ascend310P5", "Ascend310P7",
+    "Ascend910A", "Ascend910ProA", "Ascend910ProB", "Ascend910PremiumA",
+    "Ascend910B1", "Ascend910B2", "Ascend910B2C", "Ascend910B3", "Ascend910B4", "Ascend910B4-1",
+    "Ascend910_9391", "Ascend910_9392", "Ascend910_9381", "Ascend910_9382", "Ascend910_9372", "Ascend910_9362",
+)  # fmt: skip
+PRECISION_MODES = ("force_fp32", "force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision")
+
+
 @dataclass
 class AtcOptions:
     """How ``atc`` compiles ``full.onnx`` to an ``.om`` (see tools/atc/README.md).
@@ -37,15 +100,35 @@ class AtcOptions:
     """
 
     soc_version: str = "Ascend310P3"
-    """Target chip, as ``npu-smi info`` names it: Ascend310, Ascend310P3, Ascend310B1, Ascend910B, ..."""
+    """Target chip: "Ascend" + the Name column of ``npu-smi info``: Ascend310, Ascend310P3, Ascend310B1,
+    Ascend910B3 (Atlas A2 boards are Ascend910B1..B4), ..."""
     precision_mode: str = "allow_fp32_to_fp16"
-    """atc's ``--precision_mode``: ``force_fp16``, ``allow_fp32_to_fp16``, ``must_keep_origin_dtype``, ..."""
+    """atc's ``--precision_mode``: ``allow_fp32_to_fp16`` (fp16 where a kernel has no fp32), ``force_fp16``
+    (atc's own default; can overflow LayerNorm's Pow), ``must_keep_origin_dtype`` (not on Ascend310), ..."""
     log: str = "error"
     """atc's ``--log`` level: ``debug``, ``info``, ``warning``, ``error`` or ``null``."""
     atc: str | None = None
     """Path to the ``atc`` executable; default the one on ``PATH``."""
     enabled: bool = True
     """Run atc when it is found; ``false`` only writes the command to ``atc_command.sh``."""
+
+    def __post_init__(self) -> None:
+        if self.soc_version not in SOC_VERSIONS:
+            hint = (
+                'Atlas A2 (910B) chips are Ascend910B1..Ascend910B4, "Ascend" + the Name column of npu-smi info'
+                if self.soc_version == "Ascend910B"
+                else '"Ascend" + the Name column of npu-smi info'
+            )
+            raise ValueError(
+                f"soc_version={self.soc_version!r} is not a chip atc knows ({hint}); one of: {', '.join(SOC_VERSIONS)}"
+            )
+        if self.precision_mode not in PRECISION_MODES:
+            raise ValueError(f"precision_mode={self.precision_mode!r} is not one of {', '.join(PRECISION_MODES)}")
+        if self.precision_mode == "must_keep_origin_dtype" and self.soc_version == "Ascend310":
+            raise ValueError(
+                "precision_mode=must_keep_origin_dtype cannot compile for Ascend310: it has no fp32 MatMul; "
+                "use allow_fp32_to_fp16"
+            )
 
     def executable(self) -> str | None:
         """The atc to run: ``atc`` when given (it must exist), else the one on ``PATH``, else ``None``."""
@@ -59,34 +142,70 @@ class AtcOptions:
 
 
 @dataclass
-class AtcRecord:
-    """What the manifest keeps of the atc step."""
+class AtcStatic:
+    """What the manifest keeps of compiling one graph of the static pair."""
 
-    soc_version: str
     command: str
-    """The command line, with the export folder's final path, to compile it later by hand."""
+    """The command line, with the export folder's final path."""
     om: str | None = None
     """The compiled file's name, ``None`` when atc did not run."""
     log: str | None = None
     """atc's log file's name, ``None`` when atc did not run."""
 
 
-def om_stem(soc_version: str) -> str:
-    """The name, without ``.om``, of the model atc compiles for ``soc_version``."""
-    return f"full_{soc_version}"
+@dataclass
+class AtcRecord:
+    """What the manifest keeps of the atc step."""
+
+    soc_version: str
+    command: str
+    """The full graph's command line, with the export folder's final path, to compile it later by hand."""
+    om: str | None = None
+    """The full graph's compiled file's name, ``None`` when atc did not run."""
+    log: str | None = None
+    """atc's log file's name, ``None`` when atc did not run."""
+    static: dict[str, AtcStatic] = field(default_factory=dict)
+    """Per graph of the static pair (``prefill_static``, ``decode_static``), its command, .om and log;
+    empty for an export without the pair."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AtcRecord:
+        static = {name: AtcStatic(**r) for name, r in d.get("static", {}).items()}
+        return cls(**{**d, "static": static})
 
 
-def atc_command(folder: Path, manifest: Manifest, options: AtcOptions, executable: str = "atc") -> list[str]:
-    """The ``atc`` command line that compiles ``folder/full.onnx`` to ``folder/full_<soc>.om``."""
-    batch, length = manifest.graphs["full"].inputs[0].shape
-    dims = manifest.dynamic_dims
+def om_stem(soc_version: str, graph: str = "full") -> str:
+    """The name, without ``.om``, of the model atc compiles from ``graph`` for ``soc_version``."""
+    return f"{graph}_{soc_version}"
+
+
+def static_graphs(manifest: Manifest) -> list[str]:
+    """The static pair's graphs that ``manifest`` lists (none for an export from before them)."""
+    return [g for g in ("prefill_static", "decode_static") if g in manifest.graphs]
+
+
+def atc_command(
+    folder: Path, manifest: Manifest, options: AtcOptions, executable: str = "atc", graph: str = "full"
+) -> list[str]:
+    """The ``atc`` command line that compiles ``folder/<graph>.onnx`` to ``folder/<graph>_<soc>.om``.
+
+    The full graph takes ``--dynamic_dims`` when the manifest has them; the static pair has every
+    input's shape fixed in ``--input_shape`` (``idx:1,1;pos:1;past_key_0:1,4,64,32;...``).
+    """
+    inputs = manifest.graphs[graph].inputs
+    dims = manifest.dynamic_dims if graph == "full" else None
+    if graph == "full":
+        batch, length = inputs[0].shape
+        shape = f"idx:{batch},{-1 if dims else length}"
+    else:
+        shape = ";".join(f"{t.name}:{','.join(str(d) for d in t.shape)}" for t in inputs)
     cmd = [
         executable,
         "--framework=5",
-        f"--model={folder / 'full.onnx'}",
-        f"--output={folder / om_stem(options.soc_version)}",
+        f"--model={folder / f'{graph}.onnx'}",
+        f"--output={folder / om_stem(options.soc_version, graph)}",
         f"--soc_version={options.soc_version}",
-        f"--input_shape=idx:{batch},{-1 if dims else length}",
+        f"--input_shape={shape}",
         "--input_format=ND",
         f"--precision_mode={options.precision_mode}",
         f"--log={options.log}",
@@ -96,31 +215,46 @@ def atc_command(folder: Path, manifest: Manifest, options: AtcOptions, executabl
     return cmd
 
 
-def run_atc(folder: Path, final: Path, manifest: Manifest, options: AtcOptions) -> AtcRecord:
-    """Compile in ``folder`` (the export being built) and return what the manifest should record.
-
-    ``final`` is where the folder will end up: the recorded command names it, so it can be run later.
-    Without atc (or with ``enabled=False``) the command goes to ``atc_command.sh`` and a warning is logged.
-    """
-    later = shlex.join(atc_command(final.resolve(), manifest, options))
-    record = AtcRecord(soc_version=options.soc_version, command=later)
-    executable = options.executable() if options.enabled else None
-    if executable is None:
-        (folder / "atc_command.sh").write_text(f"{later}\n", encoding="utf-8")
-        reason = "atc is disabled" if not options.enabled else "atc is not on PATH"
-        log.warning(f"{reason}: compile for {options.soc_version} later with {final / 'atc_command.sh'}")
-        return record
-    log_name = f"{om_stem(options.soc_version)}.atc.log"
+def _compile(folder: Path, final: Path, manifest: Manifest, options: AtcOptions, executable: str, graph: str) -> str:
+    """Run atc on one graph; returns the log's name, or raises with the log kept beside ``final``."""
+    stem = om_stem(options.soc_version, graph)
+    log_name = f"{stem}.atc.log"
     with (folder / log_name).open("w", encoding="utf-8") as f:
-        result = subprocess.run(atc_command(folder, manifest, options, executable), stdout=f, stderr=subprocess.STDOUT)
-    om = folder / f"{om_stem(options.soc_version)}.om"
+        cmd = atc_command(folder, manifest, options, executable, graph)
+        result = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    om = folder / f"{stem}.om"
     if result.returncode != 0 or not om.is_file():
         kept = final.parent / f"{final.name}.{log_name}"
         shutil.copyfile(folder / log_name, kept)
         tail = (folder / log_name).read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
         raise ValueError(
             f"atc failed (exit code {result.returncode}{', no .om written' if result.returncode == 0 else ''}) "
-            f"for {options.soc_version}: {tail[0][:200]!r}; its log is {kept}; the previous export was kept"
+            f"on {graph}.onnx for {options.soc_version}: {tail[0][:200]!r}; its log is {kept}; "
+            "the previous export was kept"
         )
     log.info(f"atc compiled {om.name} for {options.soc_version}")
-    return AtcRecord(soc_version=options.soc_version, command=later, om=om.name, log=log_name)
+    return log_name
+
+
+def run_atc(folder: Path, final: Path, manifest: Manifest, options: AtcOptions) -> AtcRecord:
+    """Compile in ``folder`` (the export being built) and return what the manifest should record.
+
+    ``final`` is where the folder will end up: the recorded commands name it, so they can be run later.
+    Without atc (or with ``enabled=False``) the commands go to ``atc_command.sh`` (the full graph's
+    first, then the static pair's, one a line) and a warning is logged.
+    """
+    graphs = static_graphs(manifest)
+    later = {g: shlex.join(atc_command(final.resolve(), manifest, options, graph=g)) for g in ["full", *graphs]}
+    record = AtcRecord(options.soc_version, later["full"], static={g: AtcStatic(later[g]) for g in graphs})
+    executable = options.executable() if options.enabled else None
+    if executable is None:
+        (folder / "atc_command.sh").write_text("".join(f"{c}\n" for c in later.values()), encoding="utf-8")
+        reason = "atc is disabled" if not options.enabled else "atc is not on PATH"
+        log.warning(f"{reason}: compile for {options.soc_version} later with {final / 'atc_command.sh'}")
+        return record
+    record.log = _compile(folder, final, manifest, options, executable, "full")
+    record.om = f"{om_stem(options.soc_version)}.om"
+    for g in graphs:
+        log_name = _compile(folder, final, manifest, options, executable, g)
+        record.static[g] = AtcStatic(later[g], f"{om_stem(options.soc_version, g)}.om", log_name)
+    return record

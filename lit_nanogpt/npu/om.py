@@ -1,8 +1,9 @@
-"""Run an export on Ascend (untested here): the ``.om`` that ``atc`` compiled from ``full.onnx``, through
-ais_bench, or the ONNX graphs through onnxruntime's CANN execution provider.
+"""Run an export on Ascend (untested here): the ``.om`` files that ``atc`` compiled, through ais_bench, or
+the ONNX graphs through onnxruntime's CANN execution provider.
 
-ais_bench (https://gitee.com/ascend/tools, ``ais_bench.infer.interface.InferSession``) wraps pyACL's
-model loading and memory copies. Nothing here is imported unless an export is opened on Ascend.
+ais_bench (https://gitee.com/ascend/tools, ``ais_bench.infer.interface.InferSession``; its ``infer(feeds,
+mode=...)`` takes the inputs in the model's order) wraps pyACL's model loading and memory copies.
+Nothing here is imported unless an export is opened on Ascend.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from lit_nanogpt.export.manifest import Manifest
-    from lit_nanogpt.export.onnxrt import ExportedGPT
+    from lit_nanogpt.export.manifest import Graph, Manifest
+    from lit_nanogpt.export.onnxrt import ExportedGPT, Runner
 
 
 def ais_bench_available() -> bool:
@@ -27,42 +28,94 @@ def ais_bench_available() -> bool:
         return False
 
 
-def om_runner(path: Path, device_id: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """A function from ``idx`` (B, T) int64 to logits (B, T, V) float32 on the Ascend device ``device_id``."""
+def full_mode(manifest: Manifest) -> str:
+    """ais_bench's ``mode`` for the full graph's ``.om``: ``dymdims`` when atc compiled it with
+    ``--dynamic_dims`` (the manifest says so), else ``static``. Never guessed from the loaded model."""
+    return "dymdims" if manifest.dynamic_dims else "static"
+
+
+def om_runner(path: Path, mode: str, device_id: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from ``idx`` (B, T) int64 to logits (B, T, V) float32: the full graph's ``.om``."""
     from ais_bench.infer.interface import InferSession
 
     session = InferSession(device_id, str(path))
-    dynamic = session.get_inputs()[0].shape[-1] == -1
 
     def run(idx: np.ndarray) -> np.ndarray:
         idx = np.ascontiguousarray(idx, dtype=np.int64)
-        (logits,) = session.infer([idx], mode="dymdims" if dynamic else "static")
+        (logits,) = session.infer([idx], mode=mode)
         return np.asarray(logits, dtype=np.float32).reshape(*idx.shape, -1)
 
     return run
 
 
-def open_on_ascend(folder: Path, manifest: Manifest, int8: bool, backend: str) -> tuple[ExportedGPT, str] | None:
+def om_graph_runner(path: Path, graph: Graph, device_id: int = 0) -> Runner:
+    """Feeds by input name -> outputs, shaped as the manifest lists them: a static graph's ``.om``."""
+    from ais_bench.infer.interface import InferSession
+
+    session = InferSession(device_id, str(path))
+    names = [t.name for t in graph.inputs]
+    shapes = [t.shape for t in graph.outputs]  # all fixed: this is a static graph
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = session.infer([np.ascontiguousarray(feeds[n]) for n in names], mode="static")
+        return [np.asarray(o).reshape(shape) for o, shape in zip(outputs, shapes, strict=True)]
+
+    return run
+
+
+def cann_provider_options(device_id: int = 0) -> dict[str, str]:
+    """Options for onnxruntime's ``CANNExecutionProvider`` that write nothing into the working directory.
+
+    From https://onnxruntime.ai/docs/execution-providers/community-maintained/CANN-ExecutionProvider.html
+    (keys as parsed in onnxruntime/core/providers/cann/cann_execution_provider_info.cc): ``dump_om_model``
+    (default true) writes every model it builds as an ``.om`` into the working directory;
+    ``dump_graphs`` (default false) writes the ONNX subgraphs; ``enable_cann_graph`` runs the graph
+    through CANN's graph engine. The precision mode is left at the provider's default: its key is
+    ``precision_mode`` in the documented releases and ``precision_mode_v2`` in current sources, and an
+    option a release does not know fails the session.
+    """
+    return {"device_id": str(device_id), "enable_cann_graph": "1", "dump_graphs": "0", "dump_om_model": "0"}
+
+
+def open_on_ascend(
+    folder: Path, manifest: Manifest, backend: str, cache: str = "auto"
+) -> tuple[ExportedGPT, str] | None:
     """The export on an Ascend backend and its name, or ``None`` when ``backend="auto"`` finds none.
 
-    ``om``: the ``.om`` through ais_bench (its graph is fp32: ``int8`` does not apply); ``cann``: the
-    ONNX graphs through onnxruntime's CANN execution provider; ``auto``: the first of the two installed.
+    ``om``: the ``.om`` files through ais_bench: the static pair's (``cache`` ``auto`` or ``static``)
+    or the full graph's (``dynamic``: a whole window per token); ``cann``: the ONNX graphs through
+    onnxruntime's CANN execution provider, the static pair unless ``cache="dynamic"`` (which compiles
+    a model per new input shape: one per generated token); ``auto``: the first of the two installed.
     """
+    from lit_nanogpt.export.graphs import STATIC_GRAPHS
     from lit_nanogpt.export.onnxrt import ExportedGPT
 
-    om = manifest.atc.om if manifest.atc is not None else None
-    if backend in ("auto", "om"):
-        if om and ais_bench_available():
-            return ExportedGPT(folder, False, full_runner=om_runner(folder / om), manifest=manifest), "om"
-        if backend == "om":
-            why = "it has no .om (atc did not run)" if not om else "ais_bench is not installed"
-            raise ValueError(f"backend=om cannot run {folder}: {why}; use --backend cpu")
+    atc = manifest.atc
+    static_om = {g: r.om for g, r in atc.static.items() if r.om} if atc is not None else {}
+    has_static = all(g in static_om for g in STATIC_GRAPHS)
+    if backend in ("auto", "om") and ais_bench_available():
+        if cache != "dynamic" and has_static:
+            runners = {g: om_graph_runner(folder / static_om[g], manifest.graphs[g]) for g in STATIC_GRAPHS}
+            return ExportedGPT(folder, manifest=manifest, cache="static", runners=runners), "om"
+        if cache != "static" and atc is not None and atc.om:
+            runner = om_runner(folder / atc.om, full_mode(manifest))
+            return ExportedGPT(folder, full_runner=runner, manifest=manifest), "om"
+    if backend == "om":
+        if not ais_bench_available():
+            why = "ais_bench is not installed"
+        elif cache == "static":
+            why = "it has no .om of the static pair (atc did not compile prefill_static and decode_static)"
+        else:
+            why = "it has no .om (atc did not run)"
+        raise ValueError(f"backend=om cannot run {folder}: {why}; use --backend cpu")
     if backend in ("auto", "cann"):
         import onnxruntime as ort
 
         if "CANNExecutionProvider" in ort.get_available_providers():
-            cann = ["CANNExecutionProvider", "CPUExecutionProvider"]
-            return ExportedGPT(folder, int8, providers=cann, manifest=manifest), "cann"
+            cann = [("CANNExecutionProvider", cann_provider_options()), "CPUExecutionProvider"]
+            static = cache == "static" or (cache == "auto" and all(g in manifest.graphs for g in STATIC_GRAPHS))
+            kind = "static" if static else "dynamic"
+            return ExportedGPT(folder, providers=cann, manifest=manifest, cache=kind), "cann"
         if backend == "cann":
             raise ValueError("backend=cann needs onnxruntime built with the CANN execution provider (onnxruntime-cann)")
     return None

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Compile an export folder's ``full.onnx`` to an Ascend ``.om`` with CANN's ``atc``, and record it in the manifest.
+"""Compile an export folder's graphs to Ascend ``.om`` files with CANN's ``atc``, and record them in the manifest.
 
     python tools/atc/compile.py runs/shakespeare_char/export --soc_version Ascend310P3
-    python tools/atc/compile.py runs/shakespeare_char/export --soc_version Ascend910B --print_only true
+    python tools/atc/compile.py runs/shakespeare_char/export --soc_version Ascend910B3 --print_only true
 
-The ``.om`` and atc's log land beside ``full.onnx``; ``lit-nanogpt generate --onnx DIR`` then runs the
-``.om`` through ais_bench where it is installed. The options are ``lit_nanogpt.npu.atc.AtcOptions``'
-fields, as ``--atc.*`` of ``lit-nanogpt export`` are. See tools/atc/README.md.
+Compiles ``full.onnx`` and, where the export has them, the static KV-cache pair ``prefill_static.onnx``
+and ``decode_static.onnx`` (each its own ``.om`` with fixed ``--input_shape``). The ``.om`` files and
+atc's logs land beside the graphs; ``lit-nanogpt generate --onnx DIR`` then runs them through ais_bench
+where it is installed. The options are ``lit_nanogpt.npu.atc.AtcOptions``' fields, as ``--atc.*`` of
+``lit-nanogpt export`` are. See tools/atc/README.md.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ from jsonargparse import ArgumentParser
 
 from lit_nanogpt.export.manifest import Manifest, replacing
 from lit_nanogpt.export.settings import add_arguments, from_options
-from lit_nanogpt.npu.atc import AtcOptions, atc_command, run_atc
+from lit_nanogpt.npu.atc import AtcOptions, atc_command, run_atc, static_graphs
 
 
 def compile_om(folder: Path, options: AtcOptions, print_only: bool = False) -> None:
-    """Run atc on ``folder/full.onnx`` and record the ``.om`` in its manifest, or only print the command."""
+    """Run atc on ``folder``'s graphs and record the ``.om`` files in its manifest, or only print the commands."""
     manifest = Manifest.read(folder)
     if print_only:
-        print(shlex.join(atc_command(folder.resolve(), manifest, options)))
+        for graph in ["full", *static_graphs(manifest)]:
+            print(shlex.join(atc_command(folder.resolve(), manifest, options, graph=graph)))
         return
     if options.executable() is None:
         raise FileNotFoundError("atc is not on PATH: source CANN's set_env.sh (see tools/atc/README.md) or pass --atc")
@@ -36,7 +39,8 @@ def compile_om(folder: Path, options: AtcOptions, print_only: bool = False) -> N
     with replacing(folder, copy=True) as staging:
         manifest.atc = run_atc(staging, folder, manifest, options)
         manifest.write(staging)
-    print(f"Wrote {folder / manifest.atc.om} (log: {folder / manifest.atc.log})", file=sys.stderr)
+    for om, log in [(manifest.atc.om, manifest.atc.log), *((r.om, r.log) for r in manifest.atc.static.values())]:
+        print(f"Wrote {folder / om} (log: {folder / log})", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
