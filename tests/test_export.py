@@ -593,8 +593,8 @@ def test_cli_generate_bad_input_is_one_line(
     ("args", "message"),
     [
         (["--atc.soc_version", "Ascend910B"], "soc_version='Ascend910B' is not a chip atc knows (Atlas A2 (910B) "
-         'chips are Ascend910B1..Ascend910B4, "Ascend" + the Name column of npu-smi info); one of: Ascend310, '),
-        (["--atc.soc_version", "Ascend910"], "Ascend910B1, Ascend910B2, Ascend910B2C, Ascend910B3, Ascend910B4"),
+         'chips are Ascend910B1..Ascend910B4, "Ascend" + the Name column of npu-smi info); e.g. Ascend310, '),
+        (["--atc.soc_version", "910B3"], "Ascend910B1, Ascend910B2, Ascend910B2C, Ascend910B3, Ascend910B4"),
         (["--atc.soc_version", "Ascend310", "--atc.precision_mode", "must_keep_origin_dtype"],
          "precision_mode=must_keep_origin_dtype cannot compile for Ascend310: it has no fp32 MatMul"),
         (["--atc.precision_mode", "fp16"], "precision_mode='fp16' is not one of force_fp32, force_fp16, "),
