@@ -28,7 +28,8 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "fake_npu.py"), str(NPU_CONFIG)],
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # On an Ascend host torch would load the real torch_npu at `import torch`; the fake replaces it.
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -40,6 +41,26 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_fake_npu_is_seen_only_once_installed(fake: dict) -> None:
     assert fake["available_before"] is False
     assert fake["available"] is True
+
+
+def test_fake_behaves_as_torch_npu_2_13(fake: dict) -> None:
+    """The parts of torch_npu the project leans on (tests/fake_npu.py cites the lines each copies)."""
+    seen = fake["fake"]
+    assert seen["stats_before_init"] == {}
+    assert seen["set_device_cpu"].startswith("ValueError: Expected a npu device, but got: cpu")
+    assert seen["amp_dtypes"] == ["torch.float16", "torch.bfloat16", "torch.float32"]
+    assert seen["cuda_stream"] == "RuntimeError: torch.cuda.Stream requires CUDA support"
+
+
+def test_ddp_wraps_the_model_on_an_npu_stream_never_cuda(fake: dict) -> None:
+    """Lightning's DDPStrategy wraps under torch.cuda.Stream(), which a torch_npu host (a CPU torch) lacks."""
+    setup = fake["ddp_setup"]
+    assert "error" not in setup, setup["error"]
+    assert setup["root_device"] == "npu:0" and setup["wrapped"] == "DistributedDataParallel"
+    assert setup["device_ids"] == [0]
+    assert setup["side_stream"] is True and setup["stream_device"] == "npu:0"  # as Lightning does on CUDA
+    assert setup["stream_after_is_default"] is True
+    assert setup["hook_registered"] is True  # Lightning registers ddp_comm_hook on CUDA only
 
 
 def test_cli_config_trains_on_one_npu_in_fp16_amp(fake: dict) -> None:
