@@ -26,6 +26,50 @@ import torch
 MEMORY = {"allocated_bytes.all.current": 1024, "reserved_bytes.all.current": 4096}
 
 
+class VendorGradScaler(torch.amp.GradScaler):
+    """``torch_npu.npu.amp.GradScaler``'s contract (torch_npu/npu/amp/grad_scaler.py), on CPU tensors.
+
+    Importable without installing the fake, so in-process tests can hand it to ``NPUPrecision``.
+    """
+
+    def __init__(
+        self,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+        dynamic: bool = True,
+        enabled: bool = True,
+    ) -> None:
+        # grad_scaler.py:93-99: no device argument (always "npu"), and a `dynamic` switch; lines
+        # 106-118 keep torch's private fields, so the base class's get_scale/state_dict work (444-445).
+        super().__init__("cpu", init_scale, growth_factor, backoff_factor, growth_interval, enabled)
+        self._dynamic = dynamic
+
+    def _maybe_opt_step(self, optimizer: Any, optimizer_state: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        # grad_scaler.py:329-335: a host sync on found_inf, and a printed line on every overflow.
+        if not sum(v.item() for v in optimizer_state["found_inf_per_device"].values()):
+            return optimizer.step(*args, **kwargs)
+        print("Gradient overflow. Skipping step")
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        # grad_scaler.py:444-448: torch's keys plus "dynamic".
+        state = super().state_dict()
+        if self._enabled:
+            state["dynamic"] = self._dynamic
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # grad_scaler.py:450-459: "dynamic" is required, so a CPU or GPU scaler's state raises KeyError.
+        if not self._enabled:
+            return
+        if len(state_dict) == 0:
+            raise RuntimeError("The source state dict is empty, possibly because it was saved from a disabled instance")
+        super().load_state_dict(state_dict)
+        self._dynamic = state_dict["dynamic"]
+
+
 def _no_cuda() -> None:
     """torch_npu refuses to load into a torch built for another accelerator (torch_npu/__init__.py:13-35,
     ``_check_device_conflict``), so next to it ``torch.cuda`` is the CPU build's: nothing there, and a
@@ -127,10 +171,13 @@ def install_fake_npu(device_count: int = 2) -> types.ModuleType:
     npu.manual_seed_all = lambda seed: None  # npu/random.py:93-110
     npu.Stream, npu.stream, npu.set_stream = Stream, stream, set_stream
     npu.current_stream, npu.default_stream = current_stream, default_stream
+    amp = types.ModuleType("torch_npu.npu.amp")  # npu/amp/__init__.py:1-6
+    amp.GradScaler = VendorGradScaler
+    npu.amp = amp
     torch_npu = types.ModuleType("torch_npu")
     torch_npu.npu = npu
     torch_npu.__version__ = "2.13.0"
-    sys.modules.update({"torch_npu": torch_npu, "torch_npu.npu": npu})
+    sys.modules.update({"torch_npu": torch_npu, "torch_npu.npu": npu, "torch_npu.npu.amp": amp})
     # _init/registry/backend.py:46-49: the PrivateUse1 backend is named "npu" and torch.npu is the module.
     torch.utils.rename_privateuse1_backend("npu")
     torch._register_device_module("npu", npu)
@@ -153,6 +200,7 @@ def _describe(trainer) -> dict:
         "plugin_device": getattr(plugin, "device", None),
         "scaler": type(plugin.scaler).__name__ if getattr(plugin, "scaler", None) is not None else None,
         "scaler_class": f"{type(plugin.scaler).__module__}.{type(plugin.scaler).__qualname__}",
+        "scaler_device": getattr(plugin.scaler, "_device", None),
         "scale": plugin.scaler.get_scale() if getattr(plugin, "scaler", None) is not None else None,
         "trainer_precision": trainer.precision,
         "autocast_npu": autocast_npu,

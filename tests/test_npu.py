@@ -70,6 +70,8 @@ def test_cli_config_trains_on_one_npu_in_fp16_amp(fake: dict) -> None:
     assert single["root_device"] == "npu:0"
     assert single["plugin"] == "NPUPrecision" and single["plugin_device"] == "npu"
     assert single["scaler"] == "GradScaler" and single["scale"] == 2.0**16
+    # torch's scaler on "npu", although the fake (as torch_npu) offers torch_npu.npu.amp.GradScaler
+    assert single["scaler_class"] == "torch.amp.grad_scaler.GradScaler" and single["scaler_device"] == "npu"
     assert single["trainer_precision"] == "16-mixed"
     assert single["autocast_npu"] is True and single["autocast_dtype"] == "torch.float16"
 
