@@ -43,10 +43,10 @@ class RunIf:
 
 
 def run_cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 300):
-    """Run ``lit-nanogpt ARGS`` in a fresh interpreter, as a user would; returns the CompletedProcess."""
+    """Run ``lit-nanogpt ARGS`` in a fresh interpreter through the command's own entry point; returns the result."""
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "lit_nanogpt.cli", *args],
+        [sys.executable, "-m", "lit_nanogpt", *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,
