@@ -169,6 +169,7 @@ def install_fake_npu(device_count: int = 2) -> types.ModuleType:
     # npu/autocast_utils.py:8-11: torch.autocast("npu", dtype) is refused for a dtype outside this list.
     npu.get_amp_supported_dtype = lambda: [torch.float16, torch.bfloat16, torch.float32]
     npu.manual_seed_all = lambda seed: None  # npu/random.py:93-110
+    npu._is_in_bad_fork = lambda: False  # npu/__init__.py:228-229; torch.manual_seed seeds "npu" through both
     npu.Stream, npu.stream, npu.set_stream = Stream, stream, set_stream
     npu.current_stream, npu.default_stream = current_stream, default_stream
     amp = types.ModuleType("torch_npu.npu.amp")  # npu/amp/__init__.py:1-6

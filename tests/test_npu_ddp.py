@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_without_torch_npu
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from lit_nanogpt.checkpoint import load_model
@@ -46,16 +46,22 @@ def test_validation_over_two_ranks_equals_one_process(ddp_run: Path) -> None:
 
     two_ranks = torch.load(ddp_run / "params.pt")["val_loss"]
     ckpt = ddp_run / "model.ckpt"
-    cli = LitNanoGPTCLI(args=["validate", f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false"])
+    cli = LitNanoGPTCLI(args=["validate", f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false",
+                              "--trainer.accelerator=cpu"])  # fmt: skip  # auto would take an Ascend host's NPU
     one = cli.trainer.callback_metrics["val_loss"].item()
     assert 2.0 < one < 4.5
     assert two_ranks == pytest.approx(one, abs=1e-5)
 
 
 def test_checkpoint_is_on_cpu_and_loads_without_torch_npu(ddp_run: Path) -> None:
-    assert "torch_npu" not in sys.modules
-    ckpt = torch.load(ddp_run / "model.ckpt", weights_only=True)  # no map_location needed
-    assert all(t.device.type == "cpu" for t in ckpt["state_dict"].values())
+    code = (
+        f"import torch; ckpt = torch.load({str(ddp_run / 'model.ckpt')!r}, weights_only=True)\n"  # no map_location
+        "print(sorted({t.device.type for t in ckpt['state_dict'].values()}))"
+    )
+    proc = run_without_torch_npu(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["['cpu']"]
+    ckpt = torch.load(ddp_run / "model.ckpt", weights_only=True)
     assert ckpt["NPUPrecision"]["scale"] <= 1024.0 and "skipped_steps" in ckpt["NPUPrecision"]
     model, vocab = load_model(ddp_run / "model.ckpt")
     trained = torch.load(ddp_run / "params.pt")["ranks"][0]

@@ -24,8 +24,10 @@ def _missing_reason() -> str | None:
     """
     try:
         importlib.import_module("torch_npu")
-    except ModuleNotFoundError:
-        return "the torch_npu package is not installed"
+    except ModuleNotFoundError as e:
+        if e.name == "torch_npu":
+            return "the torch_npu package is not installed"
+        return f"torch_npu fails to import (it needs the module {e.name!r}, which is missing)"
     except Exception as e:  # a torch_npu without CANN's libraries fails with OSError, RuntimeError, ...
         return f"torch_npu fails to import ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
     try:
