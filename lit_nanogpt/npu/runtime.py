@@ -3,16 +3,47 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
+import re
+import sys
 from types import ModuleType
 
 import torch
 
 VISIBLE_DEVICES_ENV = "ASCEND_RT_VISIBLE_DEVICES"
 INSTALL_HINT = (
-    "install torch_npu with `pip install 'lit-nanogpt[npu]'` and run CANN's set_env.sh "
+    "install the torch_npu made for your torch (`pip install 'lit-nanogpt[npu]'` for torch 2.13.0, "
+    "other pairs in docs/npu.md) and run CANN's set_env.sh "
     "(`source /usr/local/Ascend/ascend-toolkit/set_env.sh`) in the same shell"
 )
+
+
+def _release(version: str) -> str | None:
+    """``"2.9.0"`` from ``"2.9.0.post9"``, ``"2.12.0rc1"`` or ``"2.9.0+cpu"``."""
+    match = re.match(r"\d+\.\d+\.\d+", version)
+    return match.group() if match else None
+
+
+def _version_mismatch() -> str | None:
+    """torch_npu X.Y.Z(.postN, rcN) works with torch X.Y.Z only (its wheel requires ``torch==X.Y.Z.*``).
+
+    Checked from the installed metadata before importing it: a torch_npu built for another torch
+    fails to import with an undefined symbol, or worse.
+    """
+    if "torch_npu" in sys.modules:
+        return None
+    try:
+        npu_version = importlib.metadata.version("torch_npu")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    wanted, have = _release(npu_version), _release(torch.__version__)
+    if wanted and have and wanted != have:
+        return (
+            f"torch_npu {npu_version} is made for torch {wanted}, but torch is {torch.__version__} "
+            "(pick a matching pair from docs/npu.md)"
+        )
+    return None
 
 
 def _missing_reason() -> str | None:
@@ -22,6 +53,8 @@ def _missing_reason() -> str | None:
     and ``torch.npu.device_count()`` decide. A failed import is retried on the next call (it is
     cheap when the package is absent), so a ``torch_npu`` that appears later is still found.
     """
+    if mismatch := _version_mismatch():
+        return mismatch
     try:
         importlib.import_module("torch_npu")
     except ModuleNotFoundError as e:

@@ -1,4 +1,6 @@
-"""A host with torch_npu installed but CANN's set_env.sh not sourced: CPU runs work, an NPU run is one line.
+"""Installing on an Ascend host: the pinned pair, and a torch_npu that cannot load (no CANN, wrong torch).
+
+A host with torch_npu installed but CANN's set_env.sh not sourced: CPU runs work, an NPU run is one line.
 
 torch >= 2.5 imports every ``torch.backends`` entry point during ``import torch`` (torch/__init__.py,
 ``_import_device_backends``) and torch_npu declares one (its wheel's entry_points.txt). The stand-in
@@ -15,25 +17,32 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, TINY
+
+from lit_nanogpt.npu.runtime import INSTALL_HINT
 
 NPU_CONFIG = ROOT / "configs" / "shakespeare_char_npu.yaml"
 CPU_CONFIG = ROOT / "configs" / "shakespeare_char_cpu.yaml"
 CANN_MISSING = "libascendcl.so: cannot open shared object file: No such file or directory"
 
 
-@pytest.fixture(scope="module")
-def broken_host(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The environment of a process on such a host: the stand-in first on PYTHONPATH, auto-loading as torch ships it."""
-    site = tmp_path_factory.mktemp("site")
-    (site / "torch_npu").mkdir()
+def host_with_torch_npu(site: Path, version: str) -> dict[str, str]:
+    """The environment of a process on a host with this stand-in installed, auto-loading as torch ships it."""
+    (site / "torch_npu").mkdir(parents=True)
     (site / "torch_npu" / "__init__.py").write_text(f"raise ImportError({CANN_MISSING!r})\n")
-    dist = site / "torch_npu-2.13.0.dist-info"
+    dist = site / f"torch_npu-{version}.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: torch_npu\nVersion: 2.13.0\n")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch_npu\nVersion: {version}\n")
     (dist / "entry_points.txt").write_text("[torch.backends]\ntorch_npu = torch_npu:_autoload\n")
     env = {k: v for k, v in os.environ.items() if k != "TORCH_DEVICE_BACKEND_AUTOLOAD"}
     return {**env, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def broken_host(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """torch_npu 2.13.0 (torch's own version here) installed, CANN's set_env.sh not sourced."""
+    return host_with_torch_npu(tmp_path_factory.mktemp("site"), "2.13.0")
 
 
 def lit_nanogpt_command(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -77,3 +86,23 @@ def test_asking_for_the_npu_is_one_line_and_exit_1(broken_host: dict[str, str], 
     assert len(errors) == 1, proc.stderr
     assert "torch_npu fails to import" in errors[0] and CANN_MISSING in errors[0] and "set_env.sh" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_torch_npu_for_another_torch_is_named_before_it_is_imported(tmp_path: Path) -> None:
+    """torch_npu 2.9.0 next to torch 2.13: named with both versions; importing it would crash or worse."""
+    env = host_with_torch_npu(tmp_path / "site", "2.9.0.post9")
+    code = "from lit_nanogpt.npu.runtime import missing_npu_message; print(missing_npu_message())"
+    proc = subprocess.run([sys.executable, "-c", code], env={**env, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    message = proc.stdout.strip()
+    assert f"torch_npu 2.9.0.post9 is made for torch 2.9.0, but torch is {torch.__version__}" in message
+    assert CANN_MISSING not in message  # the mismatched package was never imported
+
+
+def test_npu_extra_pins_the_pair_the_error_names() -> None:
+    """torch_npu X.Y.Z requires torch X.Y.Z (its wheel's Requires-Dist): the extra pins both; the hint names them."""
+    (extra,) = re.findall(r"^npu = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    pins = dict(re.findall(r'"(torch|torch_npu)==([^"]+)"', extra))
+    assert pins == {"torch": "2.13.0", "torch_npu": "2.13.0"}
+    assert f"`pip install 'lit-nanogpt[npu]'` for torch {pins['torch']}" in INSTALL_HINT
