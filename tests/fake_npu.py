@@ -156,8 +156,20 @@ def install_fake_npu(device_count: int = 2) -> types.ModuleType:
         finally:
             set_stream(previous)
 
+    def visible_count() -> int:  # npu/__init__.py:418-486 (ascend_hal count), used by device_count: 492-504
+        visible = os.environ.get("ASCEND_RT_VISIBLE_DEVICES")
+        if visible is None:
+            return device_count
+        ids = [int(d) for d in visible.split(",") if d.isdigit()]
+        for i, d in enumerate(ids):
+            if i > 0 and d <= ids[i - 1]:
+                return 0  # "`rts` need ascending order"
+            if d >= device_count:
+                return i
+        return len(ids)
+
     npu.is_available = lambda: True  # npu/__init__.py:410-415
-    npu.device_count = lambda: device_count  # npu/__init__.py:492-504
+    npu.device_count = visible_count
     npu._lazy_init = _lazy_init
     npu.is_initialized = lambda: state["initialized"]
     npu.set_device = set_device
@@ -204,6 +216,7 @@ def _describe(trainer) -> dict:
         "scaler_device": getattr(plugin.scaler, "_device", None),
         "scale": plugin.scaler.get_scale() if getattr(plugin, "scaler", None) is not None else None,
         "trainer_precision": trainer.precision,
+        "num_nodes": trainer.num_nodes,
         "autocast_npu": autocast_npu,
         "autocast_dtype": autocast_dtype,
     }
@@ -318,9 +331,12 @@ def probe(config: str) -> dict:
     report["python_form"] = _describe(explicit)
     report["too_many"] = _cli(config, "--trainer.devices", "3")
     report["parse"] = {repr(d): _parse(d) for d in (1, 2, -1, "auto", "0,1", "1", [1], [0, 1], 3, [2], "0,5", "x", 0)}
-    os.environ["ASCEND_RT_VISIBLE_DEVICES"] = "6"
+    os.environ["ASCEND_RT_VISIBLE_DEVICES"] = "1"
     report["visible_one"] = {"auto_count": NPUAccelerator.auto_device_count(), "two": _parse(2)}
+    os.environ["ASCEND_RT_VISIBLE_DEVICES"] = "1,0"
+    report["visible_descending"] = {"count": npu.device_count(), "cli": _cli(config)}
     del os.environ["ASCEND_RT_VISIBLE_DEVICES"]
+    report["two_nodes"] = _cli(config, "--trainer.num_nodes", "2", "--trainer.devices", "1")
     npu.synchronize()  # the device is initialised by now in a real run (tensors were moved to it)
     report["stats"] = NPUAccelerator().get_device_stats(torch.device("npu", 0))
     scaled = NPUPrecision("16-mixed", device="npu", init_scale=1024.0, growth_interval=7)

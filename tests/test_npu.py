@@ -129,7 +129,21 @@ def test_parse_devices(fake: dict) -> None:
 
 def test_ascend_rt_visible_devices_is_respected(fake: dict) -> None:
     assert fake["visible_one"]["auto_count"] == 1
-    assert "ASCEND_RT_VISIBLE_DEVICES=6" in fake["visible_one"]["two"]
+    assert "ASCEND_RT_VISIBLE_DEVICES=1" in fake["visible_one"]["two"]
+
+
+def test_descending_ascend_rt_visible_devices_is_named(fake: dict) -> None:
+    """torch_npu sees no NPU at all then; the one line says why instead of "device_count() is 0"."""
+    assert fake["visible_descending"]["count"] == 0
+    error = fake["visible_descending"]["cli"]["error"]
+    assert "ASCEND_RT_VISIBLE_DEVICES=1,0 must list NPU numbers in ascending order" in error
+    assert "set_env.sh" not in error  # not an installation problem
+
+
+def test_num_nodes_gives_ddp_over_hccl_on_one_card_per_node(fake: dict) -> None:
+    run = fake["two_nodes"]
+    assert run["strategy"] == "DDPNPUStrategy" and run["backend"] == "hccl" and run["num_nodes"] == 2
+    assert run["parallel_devices"] == ["npu:0"] and run["root_device"] == "npu:0"
 
 
 def test_device_stats_report_memory(fake: dict) -> None:

@@ -1,10 +1,13 @@
-"""The NPU's DDP strategy for real: two CPU processes over gloo, through the same class and code paths."""
+"""The NPU's DDP strategy for real: two CPU processes over gloo, through the same class and code paths,
+on one node (Lightning's launcher) and as two nodes (torchrun, one process each)."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,13 +25,57 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "ddp_npu_run.py"), str(out)],
         cwd=out,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        # One thread per process, as in the two-node run: the weights are then compared bitwise.
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """Two "machines" of one process each: two torchrun invocations, --node-rank 0 and 1, meeting on 127.0.0.1."""
+    port, start = free_port(), time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    procs, outs = [], []
+    for node_rank in (0, 1):
+        out = tmp_path_factory.mktemp(f"node{node_rank}")  # nothing shared but the rendezvous, as on two hosts
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                    "--node-rank", str(node_rank), "--master-addr", "127.0.0.1",
+                    "--master-port", str(port)]  # fmt: skip
+        command = [*torchrun, str(ROOT / "tests" / "ddp_npu_run.py"), str(out), "cpu", "2"]
+        procs.append(subprocess.Popen(command, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))  # fmt: skip
+        outs.append(out)
+    try:
+        logs = [proc.communicate(timeout=240)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    return outs[0], time.perf_counter() - start
+
+
+def test_two_nodes_over_torchrun_train_as_one_node_does(two_nodes: tuple[Path, float], ddp_run: Path) -> None:
+    out, seconds = two_nodes
+    result = torch.load(out / "params.pt")
+    assert result["num_nodes"] == 2 and result["world_size"] == 2 and result["node_ranks"] == [0, 1]
+    assert result["environment"] == "TorchElasticEnvironment" and result["backend"] == "gloo"
+    ranks = result["ranks"]
+    assert not torch.equal(ranks[0], result["initial"])  # it trained
+    torch.testing.assert_close(ranks[0], ranks[1], rtol=0, atol=0)
+    # The same global ranks, data shards and all-reduces as two processes on one node: the same weights, bitwise.
+    torch.testing.assert_close(ranks, torch.load(ddp_run / "params.pt")["ranks"], rtol=0, atol=0)
+    print(f"two nodes: {seconds:.1f} s")
 
 
 def test_two_ranks_agree_on_the_parameters(ddp_run: Path) -> None:

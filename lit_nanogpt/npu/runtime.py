@@ -46,6 +46,21 @@ def _version_mismatch() -> str | None:
     return None
 
 
+def _visible_devices_problem() -> str | None:
+    """What is wrong with ``ASCEND_RT_VISIBLE_DEVICES``, if anything.
+
+    torch_npu counts no NPU at all when the list is not ascending (torch_npu 2.13.0,
+    npu/__init__.py:476-478, "`rts` need ascending order").
+    """
+    visible = os.environ.get(VISIBLE_DEVICES_ENV)
+    if not visible:
+        return None
+    ids = [d.strip() for d in visible.split(",")]
+    if not all(d.isdigit() for d in ids) or any(int(a) >= int(b) for a, b in zip(ids, ids[1:], strict=False)):
+        return f"{VISIBLE_DEVICES_ENV}={visible} must list NPU numbers in ascending order, e.g. 0,1,2,3"
+    return None
+
+
 def _missing_reason() -> str | None:
     """Why no NPU can be used, or ``None`` when one can.
 
@@ -63,6 +78,8 @@ def _missing_reason() -> str | None:
         return f"torch_npu fails to import (it needs the module {e.name!r}, which is missing)"
     except Exception as e:  # a torch_npu without CANN's libraries fails with OSError, RuntimeError, ...
         return f"torch_npu fails to import ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+    if problem := _visible_devices_problem():
+        return problem
     try:
         npu = getattr(torch, "npu", None)
         if npu is None:
@@ -86,7 +103,9 @@ def npu_available() -> bool:
 
 def missing_npu_message(what: str = "accelerator='npu'") -> str:
     """One line naming what is missing and how to get it."""
-    return f"{what} needs an Ascend NPU, but {_missing_reason() or 'none is usable'}: {INSTALL_HINT}"
+    reason = _missing_reason() or "none is usable"
+    hint = "" if reason.startswith(VISIBLE_DEVICES_ENV) else f": {INSTALL_HINT}"
+    return f"{what} needs an Ascend NPU, but {reason}{hint}"
 
 
 def npu_module(what: str = "accelerator='npu'") -> ModuleType:
