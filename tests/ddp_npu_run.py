@@ -28,6 +28,16 @@ def flat(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten().float() for p in module.parameters()])
 
 
+class Wrapping(L.Callback):
+    """How the strategy wrapped the model (DDPNPUStrategy._setup_model), seen once training starts."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seen = {"wrapper": type(trainer.strategy.model).__name__,
+                     "device_ids": getattr(trainer.strategy.model, "device_ids", None),
+                     "root_device": str(trainer.strategy.root_device),
+                     "param_device": str(next(pl_module.parameters()).device)}  # fmt: skip
+
+
 def main(out: Path, device: str = "cpu", num_nodes: int = 1) -> None:
     L.seed_everything(1337)
     model = LitGPT(GPTConfig(**TINY, vocab_size=65), learning_rate=1e-2, warmup_iters=0, lr_decay_iters=4)
@@ -46,8 +56,10 @@ def main(out: Path, device: str = "cpu", num_nodes: int = 1) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=out,
+        callbacks=[wrapping := Wrapping()],
     )
     trainer.fit(model, data)
+    scale = trainer.precision_plugin.scaler.get_scale()
     gathered = trainer.strategy.all_gather(flat(model).to(trainer.strategy.root_device)).cpu()  # (world_size, n_params)
     node_ranks = trainer.strategy.all_gather(torch.tensor(trainer.node_rank, device=trainer.strategy.root_device))
     trainer.save_checkpoint(out / "model.ckpt")
@@ -61,7 +73,8 @@ def main(out: Path, device: str = "cpu", num_nodes: int = 1) -> None:
         torch.save({"ranks": gathered, "initial": initial, "world_size": trainer.world_size,
                     "num_nodes": trainer.num_nodes, "node_ranks": node_ranks.cpu().tolist(),
                     "environment": type(trainer.strategy.cluster_environment).__name__,
-                    "backend": trainer.strategy.process_group_backend, "val_loss": val_loss},
+                    "backend": trainer.strategy.process_group_backend, "val_loss": val_loss,
+                    "scale": scale, **wrapping.seen},
                    out / "params.pt")  # fmt: skip
     # Leave no gloo/hccl threads for interpreter shutdown to trip over ("terminate called ...").
     trainer.strategy.barrier()

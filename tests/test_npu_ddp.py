@@ -81,6 +81,7 @@ def test_two_nodes_over_torchrun_train_as_one_node_does(two_nodes: tuple[Path, f
 def test_two_ranks_agree_on_the_parameters(ddp_run: Path) -> None:
     result = torch.load(ddp_run / "params.pt")
     assert result["world_size"] == 2 and result["backend"] == "gloo"
+    assert result["wrapper"] == "DistributedDataParallel" and result["device_ids"] is None  # CPU: Lightning's path
     ranks, initial = result["ranks"], result["initial"]
     assert ranks.shape == (2, initial.numel())
     assert not torch.equal(ranks[0], initial)  # it trained
