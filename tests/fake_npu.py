@@ -145,7 +145,7 @@ def install_fake_npu(device_count: int = 2) -> types.ModuleType:
             current_streams[stream.device.index] = stream
 
     @contextlib.contextmanager
-    def stream(s: Stream | None):  # npu/utils.py:179-243 (StreamContext) and 235-245: None is a no-op
+    def stream(s: Stream | None):  # npu/utils.py:179-232 (StreamContext), 235-245: None is a no-op
         if s is None:
             yield
             return
