@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, RunIf, run_cli
 
 import lit_nanogpt
 from lit_nanogpt.cli import LitNanoGPTCLI
@@ -28,7 +28,8 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "fake_npu.py"), str(NPU_CONFIG)],
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # On an Ascend host torch would load the real torch_npu at `import torch`; the fake replaces it.
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -42,6 +43,26 @@ def test_fake_npu_is_seen_only_once_installed(fake: dict) -> None:
     assert fake["available"] is True
 
 
+def test_fake_behaves_as_torch_npu_2_13(fake: dict) -> None:
+    """The parts of torch_npu the project leans on (tests/fake_npu.py cites the lines each copies)."""
+    seen = fake["fake"]
+    assert seen["stats_before_init"] == {}
+    assert seen["set_device_cpu"].startswith("ValueError: Expected a npu device, but got: cpu")
+    assert seen["amp_dtypes"] == ["torch.float16", "torch.bfloat16", "torch.float32"]
+    assert seen["cuda_stream"] == "RuntimeError: torch.cuda.Stream requires CUDA support"
+
+
+def test_ddp_wraps_the_model_on_an_npu_stream_never_cuda(fake: dict) -> None:
+    """Lightning's DDPStrategy wraps under torch.cuda.Stream(), which a torch_npu host (a CPU torch) lacks."""
+    setup = fake["ddp_setup"]
+    assert "error" not in setup, setup["error"]
+    assert setup["root_device"] == "npu:0" and setup["wrapped"] == "DistributedDataParallel"
+    assert setup["device_ids"] == [0]
+    assert setup["side_stream"] is True and setup["stream_device"] == "npu:0"  # as Lightning does on CUDA
+    assert setup["stream_after_is_default"] is True
+    assert setup["hook_registered"] is True  # Lightning registers ddp_comm_hook on CUDA only
+
+
 def test_cli_config_trains_on_one_npu_in_fp16_amp(fake: dict) -> None:
     single = fake["single"]
     assert single["accelerator"] == "NPUAccelerator"
@@ -49,6 +70,8 @@ def test_cli_config_trains_on_one_npu_in_fp16_amp(fake: dict) -> None:
     assert single["root_device"] == "npu:0"
     assert single["plugin"] == "NPUPrecision" and single["plugin_device"] == "npu"
     assert single["scaler"] == "GradScaler" and single["scale"] == 2.0**16
+    # torch's scaler on "npu", although the fake (as torch_npu) offers torch_npu.npu.amp.GradScaler
+    assert single["scaler_class"] == "torch.amp.grad_scaler.GradScaler" and single["scaler_device"] == "npu"
     assert single["trainer_precision"] == "16-mixed"
     assert single["autocast_npu"] is True and single["autocast_dtype"] == "torch.float16"
 
@@ -106,7 +129,21 @@ def test_parse_devices(fake: dict) -> None:
 
 def test_ascend_rt_visible_devices_is_respected(fake: dict) -> None:
     assert fake["visible_one"]["auto_count"] == 1
-    assert "ASCEND_RT_VISIBLE_DEVICES=6" in fake["visible_one"]["two"]
+    assert "ASCEND_RT_VISIBLE_DEVICES=1" in fake["visible_one"]["two"]
+
+
+def test_descending_ascend_rt_visible_devices_is_named(fake: dict) -> None:
+    """torch_npu sees no NPU at all then; the one line says why instead of "device_count() is 0"."""
+    assert fake["visible_descending"]["count"] == 0
+    error = fake["visible_descending"]["cli"]["error"]
+    assert "ASCEND_RT_VISIBLE_DEVICES=1,0 must list NPU numbers in ascending order" in error
+    assert "set_env.sh" not in error  # not an installation problem
+
+
+def test_num_nodes_gives_ddp_over_hccl_on_one_card_per_node(fake: dict) -> None:
+    run = fake["two_nodes"]
+    assert run["strategy"] == "DDPNPUStrategy" and run["backend"] == "hccl" and run["num_nodes"] == 2
+    assert run["parallel_devices"] == ["npu:0"] and run["root_device"] == "npu:0"
 
 
 def test_device_stats_report_memory(fake: dict) -> None:
@@ -122,7 +159,11 @@ def test_step_timer_synchronises_the_npu(fake: dict) -> None:
     assert fake["timer_synced"] == ["npu:1"]
 
 
-# ---- without an NPU (this machine) ----
+# ---- without torch_npu (this machine; skipped on an Ascend host, where the fake tests above still run) ----
+without_torch_npu = RunIf(without_torch_npu=True)
+
+
+@without_torch_npu
 def test_no_npu_here_and_nothing_raises() -> None:
     assert npu_available() is False
     assert NPUAccelerator.is_available() is False
@@ -147,11 +188,13 @@ def test_registered_on_import() -> None:
     assert StrategyRegistry["ddp_npu"]["init_params"] == {}
 
 
+@without_torch_npu
 def test_asking_for_an_npu_without_one_names_what_is_missing() -> None:
     with pytest.raises(ValueError, match=r"torch_npu package is not installed.*lit-nanogpt\[npu\].*set_env\.sh"):
         LitNanoGPTCLI(args=["--config", str(NPU_CONFIG)], run=False)
 
 
+@without_torch_npu
 @pytest.mark.parametrize(
     ("build", "named"),
     [
@@ -164,11 +207,13 @@ def test_python_form_without_npu_names_what_is_missing(build, named: str) -> Non
         build()
 
 
+@without_torch_npu
 def test_auto_never_picks_a_missing_npu() -> None:
     trainer = LitNanoGPTCLI(args=["--config", str(NPU_CONFIG), "--trainer.accelerator", "auto"], run=False).trainer
     assert trainer.strategy.root_device == torch.device("cpu")
 
 
+@without_torch_npu
 def test_command_line_without_npu_is_one_line_and_exit_1(tmp_path: Path) -> None:
     proc = run_cli("fit", "--config", str(NPU_CONFIG), cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
 from conftest import TINY
+from fake_npu import VendorGradScaler
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from lit_nanogpt import CharDataModule, GPTConfig, LitGPT
 from lit_nanogpt.npu import NPUPrecision
@@ -16,6 +19,12 @@ from lit_nanogpt.npu import NPUPrecision
 INIT_SCALE = 1024.0  # low enough that the tiny model never overflows by itself in fp16
 INF_STEP = 12  # the optimizer step whose gradients get an inf
 STEPS = 30
+LOG_EVERY = 5
+
+
+def current_scale(trainer: L.Trainer) -> float:
+    """The scale as the scaler holds it, without get_scale() (whose calls a test counts)."""
+    return float(trainer.precision_plugin.scaler._get_scale_async())
 
 
 class Recorder(L.Callback):
@@ -35,7 +44,7 @@ class Recorder(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
         if idx == INF_STEP:
             self.params_before = self._params(pl_module)
-            self.scale_before = trainer.precision_plugin.scaler.get_scale()
+            self.scale_before = current_scale(trainer)
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.fit_loop.batch_idx == INF_STEP:
@@ -45,37 +54,57 @@ class Recorder(L.Callback):
         self.losses.append(float(out["loss"]))
         if idx == INF_STEP:
             self.params_after = self._params(pl_module)
-            self.scale_after = trainer.precision_plugin.scaler.get_scale()
+            self.scale_after = current_scale(trainer)
         if idx == INF_STEP + 1:
             self.params_next = self._params(pl_module)
 
 
-@pytest.fixture(scope="module")
-def fp16_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[L.Trainer, Recorder]:
-    """One short fp16 AMP fit on the CPU through NPUPrecision, with an inf injected at step INF_STEP."""
-    L.seed_everything(1337)
-    root = tmp_path_factory.mktemp("fp16")
-    model = LitGPT(
-        GPTConfig(**TINY, vocab_size=65), learning_rate=1e-2, min_lr=1e-3, warmup_iters=0, lr_decay_iters=STEPS
-    )
-    data = CharDataModule(block_size=TINY["block_size"], batch_size=16, cache_dir=str(root / "cache"))
-    recorder = Recorder()
-    plugin = NPUPrecision("16-mixed", device="cpu", init_scale=INIT_SCALE, growth_interval=1000)
-    trainer = L.Trainer(
+def tiny_trainer(root: Path, plugin: Any, steps: int, **kwargs: Any) -> L.Trainer:
+    return L.Trainer(
         accelerator="cpu",
         devices=1,
         plugins=[plugin],
-        max_steps=STEPS,
-        gradient_clip_val=1.0,
+        max_steps=steps,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[recorder],
         default_root_dir=root,
+        **kwargs,
     )
-    trainer.fit(model, data)
+
+
+def tiny_fit(root: Path, trainer: L.Trainer, ckpt_path: Path | None = None) -> LitGPT:
+    L.seed_everything(1337)
+    model = LitGPT(
+        GPTConfig(**TINY, vocab_size=65), learning_rate=1e-2, min_lr=1e-3, warmup_iters=0, lr_decay_iters=STEPS
+    )
+    data = CharDataModule(block_size=TINY["block_size"], batch_size=16, cache_dir=str(root / "cache"))
+    trainer.fit(model, data, ckpt_path=ckpt_path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def fp16_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[L.Trainer, Recorder]:
+    """One short fp16 AMP fit on the CPU through NPUPrecision, with an inf injected at step INF_STEP."""
+    root = tmp_path_factory.mktemp("fp16")
+    recorder = Recorder()
+    plugin = NPUPrecision("16-mixed", device="cpu", init_scale=INIT_SCALE, growth_interval=1000)
+    reads: list[float] = []
+    get_scale = plugin.scaler.get_scale
+
+    def counted() -> float:  # the reads that wait for the device: once the scale is a tensor
+        scale = get_scale()
+        if plugin.scaler._get_scale_async() is not None:
+            reads.append(scale)
+        return scale
+
+    plugin.scaler.get_scale = counted
+    trainer = tiny_trainer(root, plugin, STEPS, gradient_clip_val=1.0, log_every_n_steps=LOG_EVERY,
+                           callbacks=[recorder])  # fmt: skip
+    tiny_fit(root, trainer)
+    trainer.reads = list(reads)  # type: ignore[attr-defined]  # during the fit only
     return trainer, recorder
 
 
@@ -114,6 +143,54 @@ def test_loss_scale_and_skipped_steps_are_logged(fp16_run: tuple[L.Trainer, Reco
     assert float(metrics["skipped_steps"]) == 1.0
     state = trainer.precision_plugin.state_dict()
     assert state["scale"] == INIT_SCALE / 2 and state["skipped_steps"] == 1
+
+
+def test_scale_is_read_on_logging_steps_only(fp16_run: tuple[L.Trainer, Recorder]) -> None:
+    """get_scale() waits for the device: once per logging step (steps 5, 10, ... 30), never per step."""
+    trainer, _ = fp16_run
+    assert trainer.reads == [INIT_SCALE] * 2 + [INIT_SCALE / 2] * 4  # the inf came at step 13
+
+
+def test_npu_scaler_is_torchs() -> None:
+    """The scaler built for "npu" (here "cpu": same code path) is torch's, not torch_npu's."""
+    assert type(NPUPrecision("16-mixed", device="cpu").scaler) is torch.amp.GradScaler
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Checkpoints of a 4-step fp16 fit on CPU by NPUPrecision and by Lightning's MixedPrecision (a GPU run's).
+
+    growth_interval=2 doubles the scale twice: 256 -> 1024, which a resume must pick up.
+    """
+    root = tmp_path_factory.mktemp("written")
+    paths = {}
+    for name, plugin in {
+        "NPUPrecision": NPUPrecision("16-mixed", device="cpu", init_scale=256.0, growth_interval=2),
+        "MixedPrecision": MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", 256.0, growth_interval=2)),
+    }.items():
+        trainer = tiny_trainer(root / name, plugin, 4)
+        tiny_fit(root / name, trainer)
+        trainer.save_checkpoint(paths.setdefault(name, root / f"{name}.ckpt"))
+        assert name in torch.load(paths[name], weights_only=True)  # the plugin's state is under its class name
+    return paths
+
+
+class ScaleAtStart(L.Callback):
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.scale = trainer.precision_plugin.scaler.get_scale()
+        self.growth_interval = trainer.precision_plugin.scaler.get_growth_interval()
+
+
+@pytest.mark.parametrize("writer", ["NPUPrecision", "MixedPrecision"])
+@pytest.mark.parametrize("scaler", ["torch", "torch_npu"])
+def test_resume_takes_the_scale_written_anywhere(tmp_path: Path, written: dict[str, Path], writer: str, scaler: str):
+    """A CPU/GPU scaler's state has no "dynamic", which torch_npu's scaler requires (KeyError otherwise)."""
+    chosen = VendorGradScaler(init_scale=2.0**16) if scaler == "torch_npu" else None
+    plugin = NPUPrecision("16-mixed", device="cpu", scaler=chosen)
+    start = ScaleAtStart()
+    tiny_fit(tmp_path, tiny_trainer(tmp_path, plugin, 5, callbacks=[start]), ckpt_path=written[writer])
+    assert start.scale == 1024.0 and start.growth_interval == 2
+    assert plugin.skipped_steps == 0
 
 
 def test_state_round_trip_restores_scale_and_count() -> None:

@@ -14,18 +14,27 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from typing_extensions import override
 
-from lit_nanogpt.npu.runtime import npu_module, torch_npu_module
+from lit_nanogpt.npu.runtime import npu_module
 
 SUPPORTED = ("16-mixed", "bf16-mixed", "32-true")
 
 
 def make_grad_scaler(device: str, init_scale: float, growth_interval: int) -> torch.amp.GradScaler:
-    """torch_npu's ``GradScaler`` on ``"npu"`` where torch_npu has one, else ``torch.amp.GradScaler(device)``."""
+    """``torch.amp.GradScaler(device)``, on ``"npu"`` as on ``"cuda"`` and ``"cpu"``.
+
+    torch's scaler rather than ``torch_npu.npu.amp.GradScaler`` (torch_npu 2.13.0,
+    npu/amp/grad_scaler.py): the vendor class waits on the device several times a step
+    (``.item()`` at lines 229/260, 331, 499, plus an all-reduce and ``.item()`` per step under DDP
+    at 475-487) where torch's waits once (its ``_maybe_opt_step``); it prints a line on every
+    overflow (334, 493, 504); and its ``load_state_dict`` requires a ``dynamic`` key (459) that a
+    CPU or GPU scaler never writes. torch's scaler needs only ``_amp_foreach_non_finite_check_and_unscale_``
+    and ``_amp_update_scale_``, which torch_npu registers for the NPU (PrivateUse1) backend
+    (csrc/aten/npu_native_functions_by_codegen.yaml:1166-1169). On chips without inf/NaN mode
+    (``torch_npu.npu.utils.is_support_inf_nan()`` False) the vendor class also clears CANN's
+    overflow flag before each step; pass ``scaler=torch_npu.npu.amp.GradScaler(...)`` there.
+    """
     if device == "npu":
         npu_module("NPUPrecision(device='npu')")  # imports torch_npu: "npu" becomes a device type
-        vendor_amp = getattr(getattr(torch_npu_module(), "npu", None), "amp", None)
-        if (scaler_cls := getattr(vendor_amp, "GradScaler", None)) is not None:
-            return scaler_cls(init_scale=init_scale, growth_interval=growth_interval)
     return torch.amp.GradScaler(device, init_scale=init_scale, growth_interval=growth_interval)
 
 
@@ -40,7 +49,8 @@ class NPUPrecision(MixedPrecision):
     """fp16 AMP with dynamic loss scaling, bf16 AMP, or fp32, on ``"npu"``, ``"cuda"`` or ``"cpu"``.
 
     Logs ``loss_scale`` (the scaler's current scale) and ``skipped_steps`` (optimizer steps skipped
-    for inf/NaN gradients so far) on every step that uses the scaler.
+    for inf/NaN gradients so far) on the Trainer's logging steps: reading either waits for the
+    device, so other steps only queue a comparison on it.
     """
 
     def __init__(
@@ -76,7 +86,16 @@ class NPUPrecision(MixedPrecision):
             self.precision, self.device, self.scaler = precision, device, None  # type: ignore[assignment]
         else:
             super().__init__(precision, device, scaler)  # type: ignore[arg-type]
-        self.skipped_steps = 0
+        self._skipped: int | torch.Tensor = 0  # a tensor on the scaler's device once a step has run
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for inf/NaN gradients so far; reading it waits for the device."""
+        return int(self._skipped)
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._skipped = int(value)
 
     @override
     def autocast_context_manager(self) -> Any:
@@ -88,15 +107,18 @@ class NPUPrecision(MixedPrecision):
     def optimizer_step(  # type: ignore[override]
         self, optimizer: Optimizable, model: pl.LightningModule, closure: Callable[[], Any], **kwargs: Any
     ) -> Any:
-        if self.scaler is None:
+        if self.scaler is None or not self.scaler.is_enabled():
             return super().optimizer_step(optimizer, model, closure, **kwargs)
-        scale_before = self.scaler.get_scale()
+        # The scale tensor appears at the first scale(); before it, get_scale() is a Python float (no wait).
+        scale = self.scaler._get_scale_async()
+        before = scale.clone() if scale is not None else self.scaler.get_scale()
         output = super().optimizer_step(optimizer, model, closure, **kwargs)
-        loss_scale = self.scaler.get_scale()
-        # update() lowers the scale only when the step found inf/NaN gradients, and then step() skipped it.
-        self.skipped_steps += int(loss_scale < scale_before)
-        if getattr(model, "_trainer", None) is not None:
-            model.log("loss_scale", float(loss_scale), on_step=True, on_epoch=False)
+        if (after := self.scaler._get_scale_async()) is not None:
+            # update() lowers the scale exactly when step() found inf/NaN gradients and skipped the step.
+            self._skipped = self._skipped + (after < before).int()  # queued on the device, not read
+        trainer = getattr(model, "_trainer", None)
+        if trainer is not None and trainer._logger_connector.should_update_logs:
+            model.log("loss_scale", float(self.scaler.get_scale()), on_step=True, on_epoch=False)
             model.log("skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
         return output
 
@@ -122,6 +144,20 @@ class NPUPrecision(MixedPrecision):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The scaler's state from a checkpoint written on any device, by this plugin or Lightning's.
+
+        torch_npu's own scaler, when passed as ``scaler``, requires a ``dynamic`` key that CPU and
+        GPU scalers never write: it keeps its own setting then.
+        """
         state = dict(state_dict)
         self.skipped_steps = int(state.pop("skipped_steps", 0))
+        if state and hasattr(self.scaler, "_dynamic"):
+            state.setdefault("dynamic", self.scaler._dynamic)  # type: ignore[union-attr]
         super().load_state_dict(state)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume the scale of a checkpoint that Lightning's ``MixedPrecision`` wrote (a GPU fp16 run)."""
+        own, lightnings = type(self).__qualname__, MixedPrecision.__qualname__
+        if own not in checkpoint and checkpoint.get(lightnings) and self.scaler is not None:
+            self.load_state_dict(checkpoint[lightnings])

@@ -8,7 +8,9 @@ import torch
 from lightning.fabric.strategies.registry import _StrategyRegistry
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.overrides.distributed import _register_ddp_comm_hook
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from lit_nanogpt.npu.runtime import npu_module
@@ -68,6 +70,35 @@ class DDPNPUStrategy(_SavesOnCPU, DDPStrategy):
             kwargs: Any other argument of Lightning's ``DDPStrategy`` (``start_method``, ``timeout``, ...).
         """
         super().__init__(process_group_backend=process_group_backend, **kwargs)
+
+    @override
+    def _setup_model(self, model: torch.nn.Module) -> DistributedDataParallel:
+        """Wrap in DDP as Lightning does, but on an NPU side stream where Lightning makes a CUDA one.
+
+        Lightning's ``DDPStrategy._setup_model`` enters ``torch.cuda.stream(torch.cuda.Stream())``
+        whenever ``device_ids`` is set, i.e. on any device but the CPU; torch_npu runs on a CPU build
+        of torch, where ``torch.cuda.Stream()`` raises. CPU (``gloo``) and CUDA keep Lightning's path.
+        """
+        if self.root_device.type != "npu":
+            return super()._setup_model(model)
+        npu = npu_module("DDPNPUStrategy on an NPU")
+        device_ids = self.determine_ddp_device_ids()  # [root_device.index]
+        with npu.stream(npu.Stream(self.root_device)):
+            return DistributedDataParallel(module=model, device_ids=device_ids, **self._ddp_kwargs)
+
+    @override
+    def _register_ddp_hooks(self) -> None:
+        """Lightning registers ``ddp_comm_hook`` on CUDA only; torch's hook API is device-agnostic."""
+        if self.root_device.type == "npu" and self._ddp_comm_hook is not None:
+            assert isinstance(self.model, DistributedDataParallel)
+            _register_ddp_comm_hook(
+                model=self.model,
+                ddp_comm_state=self._ddp_comm_state,
+                ddp_comm_hook=self._ddp_comm_hook,
+                ddp_comm_wrapper=self._ddp_comm_wrapper,
+            )
+        else:
+            super()._register_ddp_hooks()
 
     @classmethod
     @override
