@@ -122,7 +122,7 @@ class EncodedCorpus:
 
     def __init__(self, path: Path, cache_dir: Path, val_fraction: float = 0.1) -> None:
         text, sha = read_corpus(path)
-        self.path = path
+        self.path, self.sha256 = path, sha
         self.folder = cache_dir / f"{path.stem}-{sha[:16]}-val{val_fraction:g}"
         meta_file = self.folder / "meta.json"
         if meta_file.is_file():
@@ -156,21 +156,51 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 class RandomWindows(IterableDataset):
-    """Endless batches of random windows, as nanoGPT's ``get_batch``, gathered in one indexing op."""
+    """Endless batches of random windows, as nanoGPT's ``get_batch``, gathered in one indexing op.
+
+    A resumable stream: ``state_dict`` holds the seed and how many batches training has taken
+    (``consumed``, advanced by ``CharDataModule.on_before_batch_transfer``, not by drawing: Lightning
+    draws one batch ahead), and a stream loaded with it continues with the batch that would have
+    come next. Each rank draws from its own generator and all ranks take the same number of batches,
+    so one rank's state resumes every rank.
+    """
 
     def __init__(self, data: torch.Tensor, block_size: int, batch_size: int) -> None:
         self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        self.consumed = 0
+        self.seed: int | None = None  # fixed at the first iter(): the global seed (seed_everything) then
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rank, _ = _rank_and_world()
-        # Seeded from the global seed (seed_everything) so runs repeat; each rank draws its own windows.
-        g = torch.Generator().manual_seed(torch.initial_seed() + 1_000_003 * rank)
+        if self.seed is None:
+            self.seed = torch.initial_seed()
+        # Seeded from the global seed so runs repeat; each rank draws its own windows.
+        g = torch.Generator().manual_seed(self.seed + 1_000_003 * rank)
         offsets = torch.arange(self.block_size + 1)
         high = len(self.data) - self.block_size
+        for _ in range(self.consumed):  # replaying the draws is cheap next to the steps they fed
+            torch.randint(high, (self.batch_size,), generator=g)
         while True:
             ix = torch.randint(high, (self.batch_size,), generator=g)
             chunk = self.data[ix[:, None] + offsets]  # (B, T + 1)
             yield chunk[:, :-1], chunk[:, 1:]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "consumed": self.consumed, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed, self.consumed = state["seed"], int(state["consumed"])
+
+
+class StreamLoader(DataLoader):
+    """A ``DataLoader`` whose dataset's ``state_dict`` Lightning saves in every checkpoint and restores on resume
+    (Lightning asks the loaders, not their datasets: fit_loop.py ``on_save_checkpoint``)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_dict()  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dataset.load_state_dict(state)  # type: ignore[attr-defined]
 
 
 class SequentialWindows(IterableDataset):
@@ -234,6 +264,7 @@ class CharDataModule(L.LightningDataModule):
             val_fraction,
         )
         self.train_data: torch.Tensor | None = None
+        self.train_stream: RandomWindows | None = None
         self.val_data: torch.Tensor | None = None
 
     @property
@@ -259,8 +290,14 @@ class CharDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_data is not None
-        ds = RandomWindows(self.train_data, self.hparams.block_size, self.hparams.batch_size)
-        return DataLoader(ds, batch_size=None)
+        self.train_stream = RandomWindows(self.train_data, self.hparams.block_size, self.hparams.batch_size)
+        return StreamLoader(self.train_stream, batch_size=None)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Called for each batch a step takes, never for the one Lightning fetched ahead: the stream's position.
+        if self.trainer is not None and self.trainer.training and self.train_stream is not None:
+            self.train_stream.consumed += 1
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_data is not None
