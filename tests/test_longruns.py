@@ -98,11 +98,16 @@ def assert_same_training_state(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, callbacks_config: Path) -> dict:
-    """The uninterrupted run the interrupted ones must match: its final last.ckpt."""
+def reference_run(tmp_path_factory: pytest.TempPathFactory, callbacks_config: Path) -> Path:
+    """The uninterrupted run the interrupted ones must match."""
     root = tmp_path_factory.mktemp("reference")
     assert main(fit_args(root, callbacks_config, STEPS)) == 0
-    return load(root / "checkpoints" / "last.ckpt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run: Path) -> dict:
+    return load(reference_run / "checkpoints" / "last.ckpt")
 
 
 STEPS = 200
@@ -119,3 +124,98 @@ def test_sigkill_then_resume_ends_bitwise_identical(reference: dict, callbacks_c
     assert 0 < killed_at < STEPS, "the run ended before it was killed: make it longer"
     assert main(fit_args(tmp_path, callbacks_config, STEPS, "--ckpt_path", "last")) == 0
     assert_same_training_state(load(last), reference)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_at_a_step_saves_last_and_resumes_exactly(
+    reference: dict, callbacks_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture, signum: signal.Signals
+) -> None:
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    args = fit_args(tmp_path, callbacks_config, STEPS)
+    proc = start_fit(args)
+    wait_for(last, proc)
+    # One run, one folder: a second fit into it while the first runs is refused, and changes nothing there.
+    assert main(args) == 1
+    assert f"another fit (pid {proc.pid}) is running in {tmp_path}" in capsys.readouterr().err
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, stderr
+    (line,) = [ln for ln in stderr.splitlines() if ln.startswith("lit-nanogpt: stopped")]
+    step = load(last)["global_step"]
+    assert 0 < step < STEPS
+    assert line.startswith(f"lit-nanogpt: stopped by {signum.name} at step {step}: wrote {last}; resume with: "
+                           "lit-nanogpt fit --config ")  # fmt: skip
+    assert line.endswith(f"--trainer.default_root_dir={tmp_path} --model.learning_rate=1e-2 --model.warmup_iters=10 "
+                         "--data.val_batch_size=256 --ckpt_path last")  # fmt: skip
+    assert "Traceback" not in stderr
+    assert main(fit_args(tmp_path, callbacks_config, STEPS, "--ckpt_path", "last")) == 0
+    assert_same_training_state(load(last), reference)
+
+
+def test_resume_refuses_another_model_or_corpus(
+    reference_run: Path, callbacks_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    last = reference_run / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    resume = fit_args(reference_run, callbacks_config, STEPS + 10, "--ckpt_path", "last")
+    assert main([*resume, "--model.arch.n_embd=64", "--model.learning_rate=3e-3"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"lit-nanogpt: error: fit --ckpt_path {last} resumes that run with its own model")
+    changes = "--model.arch.n_embd=64 (the checkpoint has 32), --model.learning_rate=0.003 (the checkpoint has 0.01)"
+    assert changes in line
+    corpus = tmp_path / "other.txt"
+    corpus.write_text("".join(sorted(set((ROOT / "lit_nanogpt/assets/tinyshakespeare.txt").read_text()))) * 200)
+    assert main([*resume, f"--data.data_path={corpus}"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"was trained on {ROOT / 'lit_nanogpt/assets/tinyshakespeare.txt'} (sha256 86c4e6aa9db7)" in line
+    assert f"not on {corpus}" in line and "--data.data_path" in line
+    # A new run into a folder with results is refused too, naming the ways out.
+    assert main(fit_args(reference_run, callbacks_config, 5)) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{reference_run} already holds a run's results (checkpoints/{{best.ckpt, last.ckpt}})" in line
+    assert "--ckpt_path last" in line and "--trainer.default_root_dir" in line and "--overwrite true" in line
+    assert last.read_bytes() == before
+
+
+def test_non_finite_loss_stops_saving_and_exporting_nothing(
+    callbacks_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lit_nanogpt.checkpoint import AtomicCheckpointIO
+
+    config = tmp_path / "with_export.yaml"
+    config.write_text(callbacks_config.read_text() + "    - class_path: lit_nanogpt.callbacks.OnnxExport\n")
+    saved: dict[Path, tuple[int, bytes]] = {}
+    real_save = AtomicCheckpointIO.save_checkpoint
+
+    def save_and_remember(self, checkpoint, path, storage_options=None):  # noqa: ANN001, ANN202
+        real_save(self, checkpoint, path, storage_options)
+        saved[Path(path)] = (checkpoint["global_step"], Path(path).read_bytes())
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save_and_remember)
+    root = tmp_path / "run"
+    args = fit_args(root, config, STEPS, "--model.learning_rate=3e2", "--model.warmup_iters=100",
+                    "--trainer.val_check_interval=10")  # fmt: skip
+    assert main(args) == 1
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("lit-nanogpt: error:")]
+    step = int(line.split(" at step ")[1].split(":")[0])
+    assert line.startswith("lit-nanogpt: error: the training loss is nan")
+    assert "--model.learning_rate" in line and "bf16-mixed" in line and "gradient_clip_val" in line
+    best, last = root / "checkpoints" / "best.ckpt", root / "checkpoints" / "last.ckpt"
+    assert set(saved) == {best, last}  # both written before the loss broke ...
+    for path, (saved_step, data) in saved.items():
+        assert saved_step < step
+        assert path.read_bytes() == data  # ... and not touched since
+        assert all(torch.isfinite(t).all() for t in load(path)["state_dict"].values())
+    assert not [p.name for p in root.iterdir() if "export" in p.name]  # no export, not even a partial one
+
+
+def test_validation_loss_propagates_nan() -> None:
+    from lit_nanogpt.model import GPTConfig
+    from lit_nanogpt.module import LitGPT
+
+    module = LitGPT(GPTConfig(**TINY, vocab_size=65))
+    module.val_loss.update(torch.tensor(2.0), weight=10)
+    module.val_loss.update(torch.tensor(1.0), weight=30)
+    assert module.val_loss.compute().item() == 1.25  # weighted, as before
+    module.val_loss.update(torch.tensor(float("nan")), weight=10)
+    assert module.val_loss.compute().isnan()  # torchmetrics' default would drop it and report 1.25
