@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,21 +128,41 @@ class EncodedCorpus:
         meta_file = self.folder / "meta.json"
         if meta_file.is_file():
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
-            if meta.get("sha256") == sha and (self.folder / "train.bin").is_file():
-                self.vocab = Vocabulary(meta["vocab"])
-                self.n_train = meta["n_train"]
-                self.n_val = meta["n_val"]
-                return
+            if meta.get("sha256") == sha:
+                if (damage := self._damage(meta)) is None:
+                    self.vocab = Vocabulary(meta["vocab"])
+                    self.n_train = meta["n_train"]
+                    self.n_val = meta["n_val"]
+                    return
+                print(f"lit-nanogpt: corpus cache {self.folder}: {damage}; rebuilding it", file=sys.stderr)
         self.vocab = Vocabulary.from_text(text)
         ids = self.vocab.encode(text).astype(np.uint32)
         n = int(len(ids) * (1.0 - val_fraction))
         self.n_train, self.n_val = n, len(ids) - n
         self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.folder / "train.bin", ids[:n].tobytes())
-        _atomic_write(self.folder / "val.bin", ids[n:].tobytes())
+        files = {}
+        for name, part in (("train.bin", ids[:n]), ("val.bin", ids[n:])):
+            data = part.tobytes()
+            _atomic_write(self.folder / name, data)
+            files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         meta = {"source": str(path), "sha256": sha, "vocab": self.vocab.chars, "n_train": self.n_train,
-                "n_val": self.n_val}  # fmt: skip
+                "n_val": self.n_val, "files": files}  # fmt: skip
         _atomic_write(meta_file, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+
+    def _damage(self, meta: dict[str, Any]) -> str | None:
+        """What is wrong with the cached splits, checked against the sizes and checksums meta.json recorded; None if
+        nothing. A cache is read whole anyway (``split``), so hashing it costs one more pass over memory."""
+        if not isinstance(meta.get("files"), dict):
+            return "meta.json records no sizes and checksums (an older lit-nanogpt wrote it)"
+        for name, want in meta["files"].items():
+            path = self.folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if (size := path.stat().st_size) != want["bytes"]:
+                return f"{name} has {size} bytes, meta.json says {want['bytes']}"
+            if hashlib.sha256(path.read_bytes()).hexdigest() != want["sha256"]:
+                return f"{name} does not match its sha256 in meta.json"
+        return None
 
     def split(self, name: str) -> torch.Tensor:
         """The ``train`` or ``val`` ids as an int64 tensor, ready to index embeddings."""

@@ -219,3 +219,35 @@ def test_validation_loss_propagates_nan() -> None:
     assert module.val_loss.compute().item() == 1.25  # weighted, as before
     module.val_loss.update(torch.tensor(float("nan")), weight=10)
     assert module.val_loss.compute().isnan()  # torchmetrics' default would drop it and report 1.25
+
+
+def test_damaged_corpus_cache_is_detected_and_rebuilt(
+    reference_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from lit_nanogpt.cli import LitNanoGPTCLI
+
+    cache = tmp_path / "cache"
+    ckpt = reference_run / "checkpoints" / "last.ckpt"
+
+    def val_loss() -> float:
+        quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+        cli = LitNanoGPTCLI(args=["validate", f"--ckpt_path={ckpt}", f"--data.cache_dir={cache}", *quiet])
+        return cli.trainer.callback_metrics["val_loss"].item()
+
+    clean = val_loss()
+    (folder,) = cache.iterdir()
+    sizes = {name: (folder / name).stat().st_size for name in ("train.bin", "val.bin")}
+    for name, keep in (("val.bin", 0.5), ("train.bin", 0.1)):
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: int(len(data) * keep)])
+        assert val_loss() == clean  # the same loss as from a clean cache ...
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if "corpus cache" in ln]
+        assert lines == [f"lit-nanogpt: corpus cache {folder}: {name} has {int(sizes[name] * keep)} bytes, "
+                         f"meta.json says {sizes[name]}; rebuilding it"]  # fmt: skip
+        assert {n: (folder / n).stat().st_size for n in sizes} == sizes  # ... because it was rebuilt
+    # Same size, other bytes: the checksum finds it.
+    data = bytearray((folder / "val.bin").read_bytes())
+    data[100] ^= 1
+    (folder / "val.bin").write_bytes(bytes(data))
+    assert val_loss() == clean
+    assert "val.bin does not match its sha256 in meta.json; rebuilding it" in capsys.readouterr().err
