@@ -3,9 +3,11 @@ and ``export``."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -474,6 +476,22 @@ def check_moved_class_paths(args: list[str]) -> None:
                     )
 
 
+def _storage_error(e: OSError) -> str | None:
+    """The one line for a full disk or a folder that cannot be written; None for other ``OSError``s.
+
+    Nothing good is lost: checkpoints, caches and exports are written beside their target and renamed.
+    """
+    where = str(e.filename or "a file")
+    if partial := re.fullmatch(r"\.(.+)\.partial-\w+", Path(where).name):  # an export's temporary folder
+        where = str(Path(where).with_name(partial[1]))
+    fix = "pass another --trainer.default_root_dir (export: --out) or --data.cache_dir"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device holding {where}: free some space, or {fix}"
+    if isinstance(e, PermissionError) or e.errno == errno.EROFS:
+        return f"cannot write {where} ({e.strerror}): make it writable, or {fix}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _quiet_lightning()
@@ -494,6 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `lit-nanogpt generate ... | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        if (line := _storage_error(e)) is None or os.environ.get("LIT_NANOGPT_DEBUG"):
+            raise
+        print(f"{PROG}: error: {line}", file=sys.stderr)
+        return 1
     return 0
 
 

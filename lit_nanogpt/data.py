@@ -96,21 +96,53 @@ def read_corpus(path: Path, what: str = "corpus") -> tuple[str, str]:
     return text, sha
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``os.umask`` sets it, racing threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_open(path: Path) -> Iterator[BinaryIO]:
     """A binary file that replaces ``path`` only once the ``with`` block completes: all or nothing.
 
     The temporary file lives beside ``path``, so the final ``os.replace`` is a rename on one filesystem.
+    It gets the permissions a plain ``open`` would (``mkstemp`` makes it 0600, unreadable to a team).
+    An ``OSError`` without a file name (a full disk while writing) is raised again naming ``path``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _naming(e, path.parent) from e
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        # torch.save's zip writer turns a failed write into a RuntimeError while closing; the OSError is its context.
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None and isinstance(e, Exception):
+            raise _naming(cause, path) from e
         raise
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    if error.filename is not None:
+        return error
+    return type(error)(error.errno, error.strerror or str(error), str(path))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -3,6 +3,7 @@ and read-only disks. Real ``lit-nanogpt fit`` processes where a signal is the po
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from lit_nanogpt.cli import main
+from lit_nanogpt.data import umask
 from tests.conftest import ROOT, TINY
 
 EVERY = 10  # the periodic checkpoint's interval in these tests
@@ -251,3 +253,70 @@ def test_damaged_corpus_cache_is_detected_and_rebuilt(
     (folder / "val.bin").write_bytes(bytes(data))
     assert val_loss() == clean
     assert "val.bin does not match its sha256 in meta.json; rebuilding it" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A small or read-only filesystem at ``path`` (needs root; skipped where mounting is not allowed)."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def error_line(capsys: pytest.CaptureFixture) -> str:
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("lit-nanogpt: error:")]
+    return line
+
+
+def test_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(
+    callbacks_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # 600 kB: config.yaml and one 365 kB checkpoint fit, a second beside it (written, then renamed) does not.
+    with tmpfs(tmp_path / "small", "size=600k") as root:
+        assert main(fit_args(root, callbacks_config, 30)) == 1
+        line = error_line(capsys)
+        last = root / "checkpoints" / "last.ckpt"
+        assert line == (f"lit-nanogpt: error: no space left on the device holding {last}: free some space, or pass "
+                        "another --trainer.default_root_dir (export: --out) or --data.cache_dir")  # fmt: skip
+        assert load(last)["global_step"] == EVERY  # the earlier checkpoint, whole
+        assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["last.ckpt"]  # no stray temp file
+        assert oct(last.stat().st_mode & 0o777) == oct(0o666 & ~umask())  # as a plain open would make it
+
+
+def test_read_only_run_and_export_folders_stop_with_one_line(
+    callbacks_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with tmpfs(tmp_path / "ro", "size=1m,ro") as read_only:
+        assert main(fit_args(read_only / "run", callbacks_config, 5)) == 1
+        assert error_line(capsys) == (
+            f"lit-nanogpt: error: cannot write {read_only / 'run'} (Read-only file system): make it writable, or pass "
+            "another --trainer.default_root_dir (export: --out) or --data.cache_dir"
+        )
+        config = tmp_path / "export.yaml"
+        config.write_text(callbacks_config.read_text() + "    - class_path: lit_nanogpt.callbacks.OnnxExport\n"
+                          f"      init_args: {{dirpath: {read_only / 'export'}}}\n")  # fmt: skip
+        root = tmp_path / "run"
+        assert main(fit_args(root, config, 5)) == 1
+        assert f"error: cannot write {read_only / 'export'} (Read-only file system)" in error_line(capsys)
+        assert list(read_only.iterdir()) == []
+        assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 5  # the run's checkpoint loads
+
+
+def test_leftovers_of_interrupted_writes_are_removed_by_the_next_fit(
+    callbacks_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    leftovers = [tmp_path / "checkpoints" / ".last.ckpt.abc123.tmp", tmp_path / ".export.partial-xyz"]
+    leftovers[0].write_bytes(b"half a checkpoint")
+    (leftovers[1] / "model.onnx").parent.mkdir()
+    (leftovers[1] / "model.onnx").write_bytes(b"half an export")
+    config = tmp_path / "export.yaml"
+    config.write_text(callbacks_config.read_text() + "    - class_path: lit_nanogpt.callbacks.OnnxExport\n")
+    # dropout 0: OnnxExport exports the final weights of a 2-step run (no validation yet) as they are, in train mode
+    assert main(fit_args(tmp_path, config, 2, "--model.arch.dropout=0.0")) == 0
+    assert "removed 2 leftover(s) of interrupted writes" in capsys.readouterr().err
+    assert not any(p.exists() for p in leftovers)
