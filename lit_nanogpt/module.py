@@ -167,8 +167,9 @@ def rng_states(device: torch.device) -> dict[str, Any]:
     states = _collect_rng_states(include_cuda=torch.cuda.is_available())
     name, keys, *rest = states.pop("numpy")
     states["numpy"] = [name, torch.from_numpy(keys.astype(np.int64)), *rest]
-    if device.type not in ("cpu", "cuda"):
-        states["device"] = torch.get_device_module(device).get_rng_state()
+    get_state = getattr(torch.get_device_module(device), "get_rng_state", None)
+    if device.type not in ("cpu", "cuda") and callable(get_state):
+        states["device"] = get_state()
     return states
 
 
