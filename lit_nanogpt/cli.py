@@ -3,8 +3,14 @@ and ``export``."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
+import re
+import shlex
+import shutil
+import signal
 import sys
 import time
 import warnings
@@ -18,7 +24,9 @@ from jsonargparse import auto_cli
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_nanogpt.callbacks.longrun import StopOnSignal
 from lit_nanogpt.callbacks.samples import SEPARATOR, SampleWriter
 from lit_nanogpt.checkpoint import AtomicCheckpointIO, import_nanogpt, load_model, read_checkpoint
 from lit_nanogpt.data import CharDataModule, read_corpus
@@ -56,12 +64,19 @@ class LitNanoGPTCLI(LightningCLI):
         # Every fit starts from the standard callbacks and logger; run=False builds a fit-like Trainer directly.
         defaults = {"default_config_files": [str(FIT_DEFAULTS)]}
         parser_kwargs.setdefault("fit", defaults) if run else parser_kwargs.update(defaults)
+        self._args = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        self._resume: dict[str, Any] | None = None  # the checkpoint a fit resumes, read once
         super().__init__(LitGPT, CharDataModule, args=args, run=run, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
         parser.link_arguments("model.arch.block_size", "data.block_size")
         parser.add_lightning_class_args(SampleWriter, "sample_writer")
+        parser.add_argument(
+            "--overwrite", type=bool, default=False,
+            help="fit only: replace the results of an earlier run in --trainer.default_root_dir (its checkpoints "
+            "are deleted first) instead of refusing to start. Ignored with --ckpt_path, which resumes that run.",
+        )  # fmt: skip
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """Lightning's, plus the NPU strategy and precision plugin that Lightning 2.6 cannot pick itself."""
@@ -84,6 +99,9 @@ class LitNanoGPTCLI(LightningCLI):
         if not subcommand:
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
+        if subcommand == "fit" and str(ckpt_path) == "last" and (found := self._last_ckpt()).is_file():
+            # Found here rather than by Lightning, so the checks below apply to it too.
+            ckpt_path = self.config[subcommand]["ckpt_path"] = str(found)
         if not ckpt_path or str(ckpt_path) in _SPECIAL_CKPT_PATHS:
             return
         ckpt = read_checkpoint(ckpt_path)
@@ -94,6 +112,9 @@ class LitNanoGPTCLI(LightningCLI):
             )
         model = {k: v for k, v in ckpt["hyper_parameters"].items() if k not in ("_instantiator", "_class_path")}
         model["arch"] = {k: v for k, v in model["arch"].items() if k != "vocab_size"}  # linked from the data
+        if subcommand == "fit":
+            self._refuse_model_changes(ckpt_path, model)
+            self._resume = {"path": str(ckpt_path), "vocab": ckpt["vocab"], "corpus": ckpt.get("corpus")}
         defaults = self._subcommand_parsers[subcommand].get_defaults()["data"]
         current = self.config[subcommand]["data"]
         data = {
@@ -102,6 +123,79 @@ class LitNanoGPTCLI(LightningCLI):
             if k != "block_size" and k in current and current[k] == defaults[k]
         }
         self.config = self.parser.parse_object({subcommand: {"model": model, "data": data}}, self.config)
+
+    def _root(self) -> Path:
+        return Path(self.config["fit"]["trainer"].get("default_root_dir") or os.getcwd())
+
+    def _last_ckpt(self) -> Path:
+        return self._root() / "checkpoints" / "last.ckpt"
+
+    def _refuse_model_changes(self, ckpt_path: str | Path, saved: dict[str, Any]) -> None:
+        """A resumed fit trains the checkpoint's model with its optimizer state: a ``--model.*`` value set to
+        something else cannot be honoured, so each one is named rather than dropped."""
+        asked = self.config["fit"]["model"].as_dict()
+        defaults = self._subcommand_parsers["fit"].get_defaults()["model"].as_dict()
+
+        def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for k, v in d.items():
+                out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+            return out
+
+        saved_flat, default_flat = flat(saved), flat(defaults)
+        changed = [
+            f"--model.{k}={v} (the checkpoint has {saved_flat[k]})"
+            for k, v in flat(asked).items()
+            if k in saved_flat and v != saved_flat[k] and v != default_flat.get(k)
+        ]
+        if changed:
+            raise ValueError(
+                f"fit --ckpt_path {ckpt_path} resumes that run with its own model and optimizer settings, but "
+                f"{', '.join(changed)}: drop those options to resume, or start a new run in another "
+                "--trainer.default_root_dir"
+            )
+
+    def _refuse_other_corpus(self) -> None:
+        assert self._resume is not None
+        corpus = self.datamodule.corpus
+        saved = self._resume.get("corpus") or {}
+        if saved.get("sha256", corpus.sha256) != corpus.sha256 or self._resume["vocab"] != corpus.vocab.chars:
+            was = f"{saved['path']} (sha256 {saved['sha256'][:12]})" if saved else "another corpus"
+            raise ValueError(
+                f"fit --ckpt_path {self._resume['path']} was trained on {was}, not on {corpus.path} "
+                f"(sha256 {corpus.sha256[:12]}): resume with its --data.data_path, or start a new run in another "
+                "--trainer.default_root_dir"
+            )
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand != "fit":
+            return super()._run_subcommand(subcommand)
+        if self._resume is not None:
+            self._refuse_other_corpus()
+        with RunFolder(self._root(), self.trainer, resuming=self._resume is not None,
+                       overwrite=bool(self.config["fit"].get("overwrite"))):  # fmt: skip
+            try:
+                super()._run_subcommand(subcommand)
+            except SIGTERMException:
+                raise SystemExit(self._report_stop()) from None
+
+    def _report_stop(self) -> int:
+        """One line: the signal, the step and ``last.ckpt``, and the command that resumes; returns the exit status."""
+        stop = next((c for c in self.trainer.callbacks if isinstance(c, StopOnSignal)), None)
+        signum = stop.received if stop is not None and stop.received is not None else signal.SIGTERM
+        if self.trainer.is_global_zero:
+            args, skip = [], False
+            for a in self._args:
+                if skip or a in ("--ckpt_path", "--overwrite"):
+                    skip = not skip and "=" not in a
+                    continue
+                if not a.startswith(("--ckpt_path=", "--overwrite=")):
+                    args.append(a)
+            where = f"wrote {stop.saved}" if stop is not None and stop.saved else "nothing saved"
+            step = stop.step if stop is not None and stop.step is not None else self.trainer.global_step
+            print(f"{PROG}: stopped by {signal.Signals(signum).name} at step {step}: {where}; resume with: "
+                  f"{shlex.join([PROG, *args, '--ckpt_path', 'last'])}", file=sys.stderr, flush=True)  # fmt: skip
+        return 128 + int(signum)
 
     def before_fit(self) -> None:
         # Lightning would put checkpoints inside the logger's folder (a W&B run id, say); keep them
@@ -116,6 +210,92 @@ class LitNanoGPTCLI(LightningCLI):
             score = callback.best_model_score
             shown = f"{callback.monitor}={score:.4f}" if score is not None else "no score"
             print(f"Best checkpoint: {callback.best_model_path} ({shown})", flush=True)
+
+
+class RunFolder:
+    """A fit's hold on its run folder (``--trainer.default_root_dir``), on global rank 0.
+
+    An exclusive lock (``.lit-nanogpt.lock``, an ``flock`` the system drops when the process ends, even
+    on SIGKILL) refuses a second fit into the same folder while one runs. A folder whose ``checkpoints/``
+    holds an earlier run's checkpoints is refused too, unless the fit resumes it (``--ckpt_path``) or
+    ``--overwrite true`` deletes them. Leftovers of interrupted atomic writes are removed.
+    """
+
+    LOCK = ".lit-nanogpt.lock"
+
+    def __init__(self, root: Path, trainer: L.Trainer, resuming: bool, overwrite: bool) -> None:
+        self.root, self.trainer, self.resuming, self.overwrite = root, trainer, resuming, overwrite
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunFolder:
+        if not self.trainer.is_global_zero:
+            return self
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / self.LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ValueError(
+                f"another fit (pid {holder}) is running in {self.root}: wait for it to end, or pass another "
+                "--trainer.default_root_dir"
+            ) from None
+        self._fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        try:
+            self._check_results()
+            clean_leftovers(self.root, self.trainer)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _check_results(self) -> None:
+        results = sorted((self.root / "checkpoints").glob("*.ckpt"))
+        if not results or self.resuming:
+            return
+        if not self.overwrite:
+            names = ", ".join(p.name for p in results)
+            raise ValueError(
+                f"{self.root} already holds a run's results (checkpoints/{{{names}}}): resume it with "
+                "--ckpt_path last, start a new run in another --trainer.default_root_dir, or pass --overwrite true "
+                "to replace them"
+            )
+        for path in results:
+            path.unlink()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock; the empty file stays, harmless
+            self._fd = None
+
+
+def clean_leftovers(root: Path, trainer: L.Trainer) -> None:
+    """Remove what interrupted atomic writes left in the run folder: ``.NAME.*.tmp`` files and export folders'
+    ``.export.partial-*``/``.export.old-*``. Called under the run folder's lock, so no writer is active."""
+    from lit_nanogpt.callbacks import OnnxExport
+
+    folders = {root, root / "checkpoints"}
+    export_dirs = {Path(c.dirpath) if c.dirpath else root / "export" for c in trainer.callbacks
+                   if isinstance(c, OnnxExport)}  # fmt: skip
+    folders |= {d.parent for d in export_dirs}
+    removed = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            partial = any(path.name.startswith((f".{d.name}.partial-", f".{d.name}.old-")) for d in export_dirs)
+            if path.is_dir() and partial:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+            elif path.is_file() and path.name.startswith(".") and path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    if removed:
+        print(f"{PROG}: removed {len(removed)} leftover(s) of interrupted writes: "
+              f"{', '.join(str(p) for p in removed)}", file=sys.stderr)  # fmt: skip
 
 
 def torch_device(name: str) -> torch.device:
@@ -301,6 +481,22 @@ def check_moved_class_paths(args: list[str]) -> None:
                     )
 
 
+def _storage_error(e: OSError) -> str | None:
+    """The one line for a full disk or a folder that cannot be written; None for other ``OSError``s.
+
+    Nothing good is lost: checkpoints, caches and exports are written beside their target and renamed.
+    """
+    where = str(e.filename or "a file")
+    if partial := re.fullmatch(r"\.(.+)\.partial-\w+", Path(where).name):  # an export's temporary folder
+        where = str(Path(where).with_name(partial[1]))
+    fix = "pass another --trainer.default_root_dir (export: --out) or --data.cache_dir"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device holding {where}: free some space, or {fix}"
+    if isinstance(e, PermissionError) or e.errno == errno.EROFS:
+        return f"cannot write {where} ({e.strerror}): make it writable, or {fix}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _quiet_lightning()
@@ -321,6 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `lit-nanogpt generate ... | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        if (line := _storage_error(e)) is None or os.environ.get("LIT_NANOGPT_DEBUG"):
+            raise
+        print(f"{PROG}: error: {line}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,21 +96,53 @@ def read_corpus(path: Path, what: str = "corpus") -> tuple[str, str]:
     return text, sha
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``os.umask`` sets it, racing threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_open(path: Path) -> Iterator[BinaryIO]:
     """A binary file that replaces ``path`` only once the ``with`` block completes: all or nothing.
 
     The temporary file lives beside ``path``, so the final ``os.replace`` is a rename on one filesystem.
+    It gets the permissions a plain ``open`` would (``mkstemp`` makes it 0600, unreadable to a team).
+    An ``OSError`` without a file name (a full disk while writing) is raised again naming ``path``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _naming(e, path.parent) from e
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        # torch.save's zip writer turns a failed write into a RuntimeError while closing; the OSError is its context.
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None and isinstance(e, Exception):
+            raise _naming(cause, path) from e
         raise
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    if error.filename is not None:
+        return error
+    return type(error)(error.errno, error.strerror or str(error), str(path))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -122,26 +155,46 @@ class EncodedCorpus:
 
     def __init__(self, path: Path, cache_dir: Path, val_fraction: float = 0.1) -> None:
         text, sha = read_corpus(path)
-        self.path = path
+        self.path, self.sha256 = path, sha
         self.folder = cache_dir / f"{path.stem}-{sha[:16]}-val{val_fraction:g}"
         meta_file = self.folder / "meta.json"
         if meta_file.is_file():
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
-            if meta.get("sha256") == sha and (self.folder / "train.bin").is_file():
-                self.vocab = Vocabulary(meta["vocab"])
-                self.n_train = meta["n_train"]
-                self.n_val = meta["n_val"]
-                return
+            if meta.get("sha256") == sha:
+                if (damage := self._damage(meta)) is None:
+                    self.vocab = Vocabulary(meta["vocab"])
+                    self.n_train = meta["n_train"]
+                    self.n_val = meta["n_val"]
+                    return
+                print(f"lit-nanogpt: corpus cache {self.folder}: {damage}; rebuilding it", file=sys.stderr)
         self.vocab = Vocabulary.from_text(text)
         ids = self.vocab.encode(text).astype(np.uint32)
         n = int(len(ids) * (1.0 - val_fraction))
         self.n_train, self.n_val = n, len(ids) - n
         self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.folder / "train.bin", ids[:n].tobytes())
-        _atomic_write(self.folder / "val.bin", ids[n:].tobytes())
+        files = {}
+        for name, part in (("train.bin", ids[:n]), ("val.bin", ids[n:])):
+            data = part.tobytes()
+            _atomic_write(self.folder / name, data)
+            files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         meta = {"source": str(path), "sha256": sha, "vocab": self.vocab.chars, "n_train": self.n_train,
-                "n_val": self.n_val}  # fmt: skip
+                "n_val": self.n_val, "files": files}  # fmt: skip
         _atomic_write(meta_file, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+
+    def _damage(self, meta: dict[str, Any]) -> str | None:
+        """What is wrong with the cached splits, checked against the sizes and checksums meta.json recorded; None if
+        nothing. A cache is read whole anyway (``split``), so hashing it costs one more pass over memory."""
+        if not isinstance(meta.get("files"), dict):
+            return "meta.json records no sizes and checksums (an older lit-nanogpt wrote it)"
+        for name, want in meta["files"].items():
+            path = self.folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if (size := path.stat().st_size) != want["bytes"]:
+                return f"{name} has {size} bytes, meta.json says {want['bytes']}"
+            if hashlib.sha256(path.read_bytes()).hexdigest() != want["sha256"]:
+                return f"{name} does not match its sha256 in meta.json"
+        return None
 
     def split(self, name: str) -> torch.Tensor:
         """The ``train`` or ``val`` ids as an int64 tensor, ready to index embeddings."""
@@ -156,21 +209,51 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 class RandomWindows(IterableDataset):
-    """Endless batches of random windows, as nanoGPT's ``get_batch``, gathered in one indexing op."""
+    """Endless batches of random windows, as nanoGPT's ``get_batch``, gathered in one indexing op.
+
+    A resumable stream: ``state_dict`` holds the seed and how many batches training has taken
+    (``consumed``, advanced by ``CharDataModule.on_before_batch_transfer``, not by drawing: Lightning
+    draws one batch ahead), and a stream loaded with it continues with the batch that would have
+    come next. Each rank draws from its own generator and all ranks take the same number of batches,
+    so one rank's state resumes every rank.
+    """
 
     def __init__(self, data: torch.Tensor, block_size: int, batch_size: int) -> None:
         self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        self.consumed = 0
+        self.seed: int | None = None  # fixed at the first iter(): the global seed (seed_everything) then
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rank, _ = _rank_and_world()
-        # Seeded from the global seed (seed_everything) so runs repeat; each rank draws its own windows.
-        g = torch.Generator().manual_seed(torch.initial_seed() + 1_000_003 * rank)
+        if self.seed is None:
+            self.seed = torch.initial_seed()
+        # Seeded from the global seed so runs repeat; each rank draws its own windows.
+        g = torch.Generator().manual_seed(self.seed + 1_000_003 * rank)
         offsets = torch.arange(self.block_size + 1)
         high = len(self.data) - self.block_size
+        for _ in range(self.consumed):  # replaying the draws is cheap next to the steps they fed
+            torch.randint(high, (self.batch_size,), generator=g)
         while True:
             ix = torch.randint(high, (self.batch_size,), generator=g)
             chunk = self.data[ix[:, None] + offsets]  # (B, T + 1)
             yield chunk[:, :-1], chunk[:, 1:]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "consumed": self.consumed, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed, self.consumed = state["seed"], int(state["consumed"])
+
+
+class StreamLoader(DataLoader):
+    """A ``DataLoader`` whose dataset's ``state_dict`` Lightning saves in every checkpoint and restores on resume
+    (Lightning asks the loaders, not their datasets: fit_loop.py ``on_save_checkpoint``)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_dict()  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dataset.load_state_dict(state)  # type: ignore[attr-defined]
 
 
 class SequentialWindows(IterableDataset):
@@ -234,6 +317,7 @@ class CharDataModule(L.LightningDataModule):
             val_fraction,
         )
         self.train_data: torch.Tensor | None = None
+        self.train_stream: RandomWindows | None = None
         self.val_data: torch.Tensor | None = None
 
     @property
@@ -259,8 +343,14 @@ class CharDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_data is not None
-        ds = RandomWindows(self.train_data, self.hparams.block_size, self.hparams.batch_size)
-        return DataLoader(ds, batch_size=None)
+        self.train_stream = RandomWindows(self.train_data, self.hparams.block_size, self.hparams.batch_size)
+        return StreamLoader(self.train_stream, batch_size=None)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Called for each batch a step takes, never for the one Lightning fetched ahead: the stream's position.
+        if self.trainer is not None and self.trainer.training and self.train_stream is not None:
+            self.train_stream.consumed += 1
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_data is not None

@@ -7,7 +7,9 @@ import math
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
@@ -60,7 +62,10 @@ class LitGPT(L.LightningModule):
         self.save_hyperparameters()
         self.model = GPT(self.config)
         self.vocab: Vocabulary | None = None
-        self.val_loss = MeanMetric()
+        # A NaN batch makes the mean NaN: the default drops it (mean of [2, nan] = 2). Not "disable": torchmetrics
+        # 1.x then ignores the weights (aggregation.py _cast_and_nan_check_input sets them all to one).
+        self.val_loss = MeanMetric(nan_strategy=float("nan"))
+        self._rng_states: dict[str, Any] | None = None  # from the checkpoint a fit resumes, set at train start
         self.val_ppl = Perplexity()
 
     # ---- vocabulary: taken from the data while training, carried in every checkpoint ----
@@ -77,10 +82,24 @@ class LitGPT(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         assert self.vocab is not None, "a checkpoint without its vocabulary cannot be sampled"
         checkpoint["vocab"] = self.vocab.chars
+        corpus = getattr(getattr(self._trainer, "datamodule", None), "corpus", None)
+        if corpus is not None:
+            checkpoint["corpus"] = {"path": str(corpus.path), "sha256": corpus.sha256}
+        # The generators dropout draws from, so a resumed run draws the same masks. Lightning 2.6 saves none
+        # of them (its _collect_rng_states serves only its spawn launcher). Every rank is seeded alike and
+        # draws alike, so rank 0's states (the ones written) are every rank's.
+        checkpoint["rng_states"] = rng_states(self.device)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "vocab" in checkpoint:
             self.vocab = Vocabulary(checkpoint["vocab"])
+        self._rng_states = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        # Restored here, after setup and the model's move to its device, the last things before the first step.
+        if (states := self._rng_states) is not None:
+            self._rng_states = None
+            set_rng_states(states, self.device)
 
     # ---- steps ----
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -140,6 +159,27 @@ class LitGPT(L.LightningModule):
             lambda step: nanogpt_lr(step, hp.learning_rate, hp.min_lr, hp.warmup_iters, decay_iters) / hp.learning_rate,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def rng_states(device: torch.device) -> dict[str, Any]:
+    """Lightning's collection of torch's, CUDA's, numpy's and Python's random states (plus another accelerator's,
+    e.g. an NPU's), as plain data: numpy's array becomes a tensor, so the checkpoint loads with weights_only."""
+    states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+    name, keys, *rest = states.pop("numpy")
+    states["numpy"] = [name, torch.from_numpy(keys.astype(np.int64)), *rest]
+    get_state = getattr(torch.get_device_module(device), "get_rng_state", None)
+    if device.type not in ("cpu", "cuda") and callable(get_state):
+        states["device"] = get_state()
+    return states
+
+
+def set_rng_states(states: dict[str, Any], device: torch.device) -> None:
+    """Set what ``rng_states`` collected."""
+    name, keys, *rest = states["numpy"]
+    plain = {k: v for k, v in states.items() if k not in ("numpy", "device")}
+    _set_rng_states({**plain, "numpy": (name, keys.numpy().astype(np.uint32), *rest)})
+    if "device" in states:
+        torch.get_device_module(device).set_rng_state(states["device"])
 
 
 def generate_text(

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_nanogpt.data import umask
 from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.npu.atc import AtcRecord
 
@@ -192,6 +193,7 @@ def replacing(target: Path, copy: bool = False) -> Iterator[Path]:
         raise ValueError(f"export target {target} is a file: pass a folder path")
     target.parent.mkdir(parents=True, exist_ok=True)
     new = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    new.chmod(0o777 & ~umask())  # mkdtemp makes it 0700; the export should be as readable as any new folder
     try:
         if copy:
             shutil.copytree(target, new, dirs_exist_ok=True)
