@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -10,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nanogpt.checkpoint import load_model
 from lit_nanogpt.export import ExportSettings, Manifest, export_model
+from lit_nanogpt.module import LitGPT
 
 
 class OnnxExport(Callback):
@@ -42,9 +44,10 @@ class OnnxExport(Callback):
             model, vocab = load_model(best)
             source = best
         else:
-            if pl_module.vocab is None:
+            module = cast(LitGPT, pl_module)
+            if module.vocab is None:
                 raise ValueError("the model has no vocabulary to export: train it with CharDataModule")
-            model, vocab, source = pl_module.model, pl_module.vocab, f"final weights, step {trainer.global_step}"
+            model, vocab, source = module.model, module.vocab, f"final weights, step {trainer.global_step}"
         manifest = export_model(model, vocab, out, self.settings, source=source)
         worst = max(manifest.max_abs_diff.values())
         rank_zero_info(f"Exported {source} to {out} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})")

@@ -3,6 +3,7 @@ that saves nothing."""
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import threading
@@ -56,7 +57,10 @@ class StopOnSignal(Callback):
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, lambda s, f, t=trainer: self._handle(t, s, f))
+            signal.signal(signum, functools.partial(self._on_signal, trainer))
+
+    def _on_signal(self, trainer: L.Trainer, signum: int, frame: FrameType | None) -> None:
+        self._handle(trainer, signum, frame)
 
     def _handle(self, trainer: L.Trainer, signum: int, frame: FrameType | None) -> None:
         if self.received is not None and signum == signal.SIGINT:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import time
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
+
+from lit_nanogpt.model import GPT
 
 # Dense fp16/bf16 peak FLOP/s of one device, the denominator nanoGPT's estimate_mfu uses (A100: 312e12),
 # matched as a substring of the device name; the first match wins, so specific names come first.
@@ -146,5 +148,5 @@ class TrainingMetrics(Callback):
         x = batch[0]  # (B, T) on this device
         pl_module.log("tokens_per_s", x.numel() * trainer.world_size / seconds)  # all devices
         if self._peak is not None:
-            flops = pl_module.model.flops_per_token(x.shape[1]) * x.numel()  # this device's
+            flops = cast(GPT, pl_module.model).flops_per_token(x.shape[1]) * x.numel()  # this device's
             pl_module.log("mfu", flops / seconds / self._peak)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from lit_nanogpt.module import generate_text
+from lit_nanogpt.module import LitGPT, generate_text
 from lit_nanogpt.sampling import SamplingSettings
 
 
@@ -68,12 +68,16 @@ class ValidationSamples(Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loggers = self._wandb_loggers(trainer)
+        module = cast(LitGPT, pl_module)
+        vocab = module.vocab
         if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero or not loggers:
+            return
+        if vocab is None:  # a model built without CharDataModule: nothing to sample with
             return
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         for prompt in self.prompts:
             for _ in range(self.sampling.num_samples):
-                text = generate_text(pl_module.model, pl_module.vocab, prompt, self.sampling, generator=generator)
+                text = generate_text(module.model, vocab, prompt, self.sampling, generator=generator)
                 self.rows.append([trainer.global_step, prompt, text[len(prompt) :]])
         for logger in loggers:
             logger.log_text(key=self.key, columns=["step", "prompt", "text"], data=self.rows, step=trainer.global_step)

@@ -361,7 +361,7 @@ def export_model(
             )
         log.info(f"ONNX export: onnxruntime vs PyTorch fp32 logits, max abs difference {worst:.3g}")
         order = [p.cann for p in CANN_ONNX_PARSERS]
-        cann = max((oldest_cann(g.ops, opset) for g in graphs.values()), key=order.index)
+        cann = max((oldest_cann(g.ops, opset) for g in graphs.values()), key=lambda c: order.index(c))
         log.info(f"atc of CANN {cann} or later parses these graphs at opset {opset}")
         if settings.int8:  # CPU only: DynamicQuantizeLinear and MatMulInteger are not ops atc parses
             for name in ("full", "prefill", "decode"):

@@ -35,7 +35,7 @@ CACHES = ("auto", "dynamic", "static")
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
-def _session(path: Path, providers: list[str], threads: int | None):
+def _session(path: Path, providers: list[Any], threads: int | None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -55,7 +55,7 @@ class ExportedGPT:
         self,
         folder: str | Path,
         int8: bool = False,
-        providers: list[str] | None = None,
+        providers: list[Any] | None = None,
         threads: int | None = None,
         full_runner: Callable[[np.ndarray], np.ndarray] | None = None,
         manifest: Manifest | None = None,
@@ -156,7 +156,7 @@ class ExportedGPT:
             raise ValueError(
                 f"the static graphs were exported for batch {batch}, not {B}: export with --batch_size {B}"
             )
-        window = np.zeros((B, block), dtype=np.int64)
+        window = np.zeros((B, int(block)), dtype=np.int64)
         window[:, :T] = idx
         logits, *cache = self._run("prefill_static", {"idx": window, "length": np.array([T], dtype=np.int64)})
         return logits[:, -1, :], cache

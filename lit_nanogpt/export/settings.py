@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from jsonargparse import ArgumentParser, set_parsing_settings
 
@@ -59,5 +59,5 @@ def from_options(cls: type[T], values: dict[str, Any], **given: Any) -> T:
 
     Keys that are not fields (``__path__`` of a config file given as ``--atc FILE``) are left out.
     """
-    names = {f.name for f in fields(cls)} - set(given)
+    names = {f.name for f in fields(cast(Any, cls))} - set(given)
     return cls(**{k: v for k, v in values.items() if k in names}, **given)

@@ -36,7 +36,7 @@ class NPUAccelerator(Accelerator):
     @override
     def teardown(self) -> None:
         if npu_available():
-            torch.npu.empty_cache()
+            torch.npu.empty_cache()  # type: ignore[attr-defined]
 
     @override
     def get_device_stats(self, device: _DEVICE) -> dict[str, Any]:

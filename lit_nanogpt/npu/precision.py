@@ -83,9 +83,9 @@ class NPUPrecision(MixedPrecision):
             scaler = make_grad_scaler(device, init_scale, growth_interval)
         if precision == "32-true":
             # MixedPrecision refuses 32-true; it needs nothing of its __init__ but these three attributes.
-            self.precision, self.device, self.scaler = precision, device, None  # type: ignore[assignment]
+            self.precision, self.device, self.scaler = precision, device, None
         else:
-            super().__init__(precision, device, scaler)  # type: ignore[arg-type]
+            super().__init__(precision, device, scaler)
         self._skipped: int | torch.Tensor = 0  # a tensor on the scaler's device once a step has run
 
     @property

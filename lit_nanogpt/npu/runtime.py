@@ -112,7 +112,7 @@ def npu_module(what: str = "accelerator='npu'") -> ModuleType:
     """``torch.npu``, importing torch_npu first; a ``ValueError`` naming ``what`` and what is missing otherwise."""
     if not npu_available():
         raise ValueError(missing_npu_message(what))
-    return torch.npu
+    return torch.npu  # type: ignore[attr-defined]  # registered by torch_npu
 
 
 def torch_npu_module() -> ModuleType | None:
@@ -131,7 +131,7 @@ def visible_device_count() -> int:
     """
     if not npu_available():
         return 0
-    count = torch.npu.device_count()
+    count = torch.npu.device_count()  # type: ignore[attr-defined]
     visible = os.environ.get(VISIBLE_DEVICES_ENV)
     if visible is not None:
         count = min(count, len([d for d in visible.split(",") if d.strip()]))

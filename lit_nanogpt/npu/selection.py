@@ -7,7 +7,7 @@ accelerator, strategy and precision plugin to pass instead; the CLI applies it t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning.fabric.connector import _convert_precision_to_unified_args
@@ -64,6 +64,6 @@ def npu_trainer_flags(trainer: dict[str, Any]) -> dict[str, Any]:
         precision = _convert_precision_to_unified_args(trainer.get("precision")) or "32-true"
         if precision not in SUPPORTED:
             raise ValueError(f"precision={precision!r} is not supported on NPUs: use one of {', '.join(SUPPORTED)}")
-        flags["plugins"] = [*plugins, NPUPrecision(precision, device="npu")]
+        flags["plugins"] = [*plugins, NPUPrecision(cast(Any, precision), device="npu")]
         flags["precision"] = None
     return flags

@@ -39,7 +39,9 @@ def compile_om(folder: Path, options: AtcOptions, print_only: bool = False) -> N
     with replacing(folder, copy=True) as staging:
         manifest.atc = run_atc(staging, folder, manifest, options)
         manifest.write(staging)
-    for om, log in [(manifest.atc.om, manifest.atc.log), *((r.om, r.log) for r in manifest.atc.static.values())]:
+    record = manifest.atc
+    for om, log in [(record.om, record.log), *((r.om, r.log) for r in record.static.values())]:
+        assert om is not None and log is not None, "run_atc returns only after atc wrote every .om and log"
         print(f"Wrote {folder / om} (log: {folder / log})", file=sys.stderr)
 
 
