@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from jsonargparse import auto_cli
+from jsonargparse import ArgumentError, auto_cli
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -53,6 +54,8 @@ class LitNanoGPTCLI(LightningCLI):
             f"{PROG} {name}: {text}" for name, text in EXTRA_COMMANDS.items()
         )
         parser_kwargs = kwargs.setdefault("parser_kwargs", {"prog": PROG, "description": description})
+        # A bad option raises (parse_arguments turns it into one line) instead of printing the whole usage.
+        parser_kwargs.setdefault("exit_on_error", False)
         # Every fit starts from the standard callbacks and logger; run=False builds a fit-like Trainer directly.
         defaults = {"default_config_files": [str(FIT_DEFAULTS)]}
         parser_kwargs.setdefault("fit", defaults) if run else parser_kwargs.update(defaults)
@@ -66,13 +69,22 @@ class LitNanoGPTCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """Lightning's, plus the NPU strategy and precision plugin that Lightning 2.6 cannot pick itself."""
         configured = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        trainer = super().instantiate_trainer(**{**kwargs, **npu_trainer_flags(configured)})
+        try:
+            trainer = super().instantiate_trainer(**{**kwargs, **npu_trainer_flags(configured)})
+        except MisconfigurationException as e:
+            raise ValueError(_misconfigured(configured, e)) from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         for logger in trainer.loggers:
             if isinstance(logger, AutoWandbLogger):
                 logger.follow_trainer(trainer)
         return trainer
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as e:
+            raise ValueError(_explain_parse_error(str(e), self._subcommand_parsers, args)) from None
 
     def _parse_ckpt_path(self) -> None:
         """Take the model from the checkpoint, and the data settings the user left at their defaults.
@@ -116,6 +128,56 @@ class LitNanoGPTCLI(LightningCLI):
             score = callback.best_model_score
             shown = f"{callback.monitor}={score:.4f}" if score is not None else "no score"
             print(f"Best checkpoint: {callback.best_model_path} ({shown})", flush=True)
+
+
+def _misconfigured(trainer: dict[str, Any], error: Exception) -> str:
+    """One line for a Trainer that Lightning refused to build, naming the setting and the fix."""
+    text = " ".join(str(error).split())
+    accelerator = trainer.get("accelerator")
+    if "can not run on your system" in text and isinstance(accelerator, str):
+        return (
+            f"--trainer.accelerator {accelerator}: no {accelerator} device is available on this machine; "
+            "use --trainer.accelerator cpu, or auto to take whatever is there"
+        )
+    return f"the trainer settings do not fit together: {text}"
+
+
+def _explain_parse_error(message: str, parsers: dict[str, LightningArgumentParser], args: Any) -> str:
+    """jsonargparse's error as one line; for an unknown key: the file that sets it and the nearest real key."""
+    import difflib
+    import re
+
+    text = " ".join(message.split())
+    args = args if isinstance(args, list) else sys.argv[1:]
+    subcommand = next((a for a in args if a in parsers), None)
+    unknown = (
+        re.search(r"Subcommand '[\w-]+' does not accept option '([\w.]+)'", text)
+        or re.search(r"Group '([\w.]+)' does not accept option '([\w.]+)'", text)
+        or re.search(r"unrecognized arguments: --([\w.]+)", text)
+    )
+    if unknown is None or subcommand is None:
+        return f"{text} ({PROG} --help lists the commands, {PROG} COMMAND --help their options)"
+    key = ".".join(unknown.groups())
+    guess = difflib.get_close_matches(key, list(parsers[subcommand].get_defaults().keys()), n=1, cutoff=0.6)
+    files = [f for f in _config_files(args) if _sets_key(f, key)]
+    where, dashes = (f"{files[-1]}: {key}", "") if files else (f"--{key}", "--")
+    fix = f"did you mean {dashes}{guess[0]}?" if guess else f"see {PROG} {subcommand} --help"
+    return f"{where} is not an option of {PROG} {subcommand}; {fix}"
+
+
+def _sets_key(file: Path, key: str) -> bool:
+    """Whether the YAML ``file`` sets the dotted ``key``."""
+    import yaml
+
+    try:
+        node: Any = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return False
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def torch_device(name: str) -> torch.device:
