@@ -55,6 +55,11 @@ class Vocabulary:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocabulary) and other.chars == self.chars
 
+    @property
+    def default_prompt(self) -> str:
+        """What sampling continues when no prompt is given: a newline (nanoGPT's), else the first character."""
+        return "\n" if "\n" in self.stoi else self.chars[0]
+
     def unknown(self, text: str) -> list[str]:
         return sorted(set(text) - self.stoi.keys())
 
@@ -122,7 +127,7 @@ class EncodedCorpus:
 
     def __init__(self, path: Path, cache_dir: Path, val_fraction: float = 0.1) -> None:
         text, sha = read_corpus(path)
-        self.path = path
+        self.path, self.sha256 = path, sha
         self.folder = cache_dir / f"{path.stem}-{sha[:16]}-val{val_fraction:g}"
         meta_file = self.folder / "meta.json"
         if meta_file.is_file():
@@ -204,6 +209,7 @@ class CharDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         cache_dir: str | None = None,
         prompts: list[str] | None = None,
+        vocab: str | None = None,
         **sampling: Any,
     ) -> None:
         """Serve a character-level corpus for training, validation and sampling.
@@ -215,7 +221,10 @@ class CharDataModule(L.LightningDataModule):
             val_batch_size: Validation windows per forward pass; changes speed, not the result.
             val_fraction: Share of the text, taken from its end, held out for validation.
             cache_dir: Where encoded splits are kept; default ``$LIT_NANOGPT_CACHE`` or ``~/.cache/lit_nanogpt``.
-            prompts: ``predict`` only: the texts to continue; default a single newline.
+            prompts: ``predict`` only: the texts to continue; default a newline, or the vocabulary's first
+                character when it has none.
+            vocab: The characters, when a checkpoint gives them (``--ckpt_path`` sets it): ``predict`` then
+                reads no corpus, and ``validate``/``test`` refuse a corpus with other characters.
             sampling: ``predict`` only: ``SamplingSettings``' fields (``max_new_tokens``, ``temperature``,
                 ``top_k``, ``num_samples``), given flat: ``--data.max_new_tokens``.
         """
@@ -228,26 +237,45 @@ class CharDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{name}={value} must be a positive integer")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction={val_fraction} must be between 0 and 1, e.g. 0.1")
-        self.corpus = EncodedCorpus(
-            Path(data_path) if data_path else SHIPPED_CORPUS,
-            Path(cache_dir) if cache_dir else default_cache_dir(),
-            val_fraction,
-        )
+        self.corpus_path = Path(data_path) if data_path else SHIPPED_CORPUS
+        self._vocab = Vocabulary(vocab) if vocab else None
+        self._corpus: EncodedCorpus | None = None
+        if self._vocab is None:
+            self.corpus  # noqa: B018  read now: a bad corpus fails before anything else starts
         self.train_data: torch.Tensor | None = None
         self.val_data: torch.Tensor | None = None
 
     @property
+    def corpus(self) -> EncodedCorpus:
+        """The corpus, read (and encoded, once) on first use: ``predict`` from a checkpoint never reads it."""
+        if self._corpus is None:
+            cache = Path(self.hparams.cache_dir) if self.hparams.cache_dir else default_cache_dir()
+            self._corpus = EncodedCorpus(self.corpus_path, cache, self.hparams.val_fraction)
+            if self._vocab is not None and self._corpus.vocab != self._vocab:
+                raise ValueError(
+                    f"corpus {self.corpus_path} has {len(self._corpus.vocab)} characters, not the checkpoint's "
+                    f"{len(self._vocab)}: pass --data.data_path with the text the model was trained on"
+                )
+        return self._corpus
+
+    @property
     def vocab(self) -> Vocabulary:
-        return self.corpus.vocab
+        return self._vocab if self._vocab is not None else self.corpus.vocab
 
     @property
     def vocab_size(self) -> int:
-        return len(self.corpus.vocab)
+        return len(self.vocab)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint records of the corpus, so that ``validate`` can say which text it needs."""
+        return {"corpus": str(self.corpus.path), "sha256": self.corpus.sha256} if self._corpus else {}
 
     def setup(self, stage: str) -> None:
+        if stage == "predict":
+            return  # the prompts and the model's vocabulary are all predict needs
         need = self.hparams.block_size + 1
         for name, n in (("train", self.corpus.n_train), ("val", self.corpus.n_val)):
-            if n < need and stage != "predict":
+            if n < need:
                 raise ValueError(
                     f"corpus {self.corpus.path}: its {name} split has {n} characters, fewer than "
                     f"block_size + 1 = {need}: use a longer text or a smaller --model.block_size"
@@ -271,7 +299,7 @@ class CharDataModule(L.LightningDataModule):
     test_dataloader = val_dataloader
 
     def predict_dataloader(self) -> DataLoader:
-        prompts = self.hparams.prompts or ["\n"]
+        prompts = self.hparams.prompts or [self.vocab.default_prompt]
         requests: list[dict[str, Any]] = [
             {"prompt": p, "sample": i, "sampling": self.sampling}
             for p in prompts

@@ -159,11 +159,15 @@ class ExportedGPT:
         use_cache: bool = True,
         window: str = "exact",
         generator: torch.Generator | None = None,
+        on_token: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """``GPT.generate`` on the exported graphs: same arguments, same sampling (``sample_next``)."""
 
         def pick(logits: np.ndarray, step: int) -> np.ndarray:
-            return sample_next(torch.from_numpy(logits), temperature, top_k, generator).numpy()
+            token = sample_next(torch.from_numpy(logits), temperature, top_k, generator)  # (B, 1)
+            if on_token is not None:
+                on_token(token)
+            return token.numpy()
 
         out = self._extend(idx.cpu().numpy().astype(np.int64), max_new_tokens, pick, use_cache, window)
         return torch.from_numpy(out)
