@@ -84,6 +84,15 @@ class LitNanoGPTCLI(LightningCLI):
                 logger.follow_trainer(trainer)
         return trainer
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        with warnings.catch_warnings():
+            if subcommand != "fit":
+                # The callbacks that wrote the checkpoint (checkpointing, loss curve) keep state for training only.
+                warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used")
+            # predict's batches are prompts, and SampleWriter does not ask for their indices.
+            warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader")
+            super()._run_subcommand(subcommand)
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
             super().parse_arguments(parser, args)

@@ -10,6 +10,7 @@ import logging
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,7 +109,8 @@ def run_atc(folder: Path, final: Path, manifest: Manifest, options: AtcOptions) 
     if executable is None:
         (folder / "atc_command.sh").write_text(f"{later}\n", encoding="utf-8")
         reason = "atc is disabled" if not options.enabled else "atc is not on PATH"
-        log.warning(f"{reason}: compile for {options.soc_version} later with {final / 'atc_command.sh'}")
+        # Expected on any host without CANN: said once, plainly, not as a warning.
+        print(f"{reason}: compile for {options.soc_version} later with {final / 'atc_command.sh'}", file=sys.stderr)
         return record
     log_name = f"{om_stem(options.soc_version)}.atc.log"
     with (folder / log_name).open("w", encoding="utf-8") as f:
