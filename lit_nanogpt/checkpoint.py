@@ -62,7 +62,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if "model_args" in ckpt and "model" in ckpt:
         raise ValueError(
             f"{path} is a nanoGPT checkpoint: convert it first with "
-            f"lit-nanogpt import-nanogpt --ckpt {path} --meta meta.pkl --out model.ckpt"
+            f"lit-nanogpt import-nanogpt --ckpt {path} --meta meta.pkl --out runs/model.ckpt"
         )
     missing = [k for k in ("state_dict", "hyper_parameters", "vocab") if k not in ckpt]
     if not missing:
