@@ -10,9 +10,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from lit_nanogpt.data import Vocabulary
 from lit_nanogpt.module import generate_text
 from lit_nanogpt.sampling import SamplingSettings
+from lit_nanogpt.text import Vocabulary
 
 
 @dataclass

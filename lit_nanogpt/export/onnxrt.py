@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_nanogpt.data import Vocabulary
 from lit_nanogpt.export.graphs import past_names
 from lit_nanogpt.export.manifest import Manifest
 from lit_nanogpt.model import sample_next
+from lit_nanogpt.text import Vocabulary
 
 WINDOWS = ("exact", "half")
 BACKENDS = ("auto", "cpu", "cann", "om")
