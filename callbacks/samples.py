@@ -9,7 +9,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-SEPARATOR = "---------------"  # what nanoGPT's sample.py prints between samples
+from lit_nanogpt.sampling import SEPARATOR
+
+__all__ = ["SEPARATOR", "SampleWriter"]
 
 
 class SampleWriter(BasePredictionWriter):

@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from lit_nanogpt.module import LitGPT, generate_text
 from lit_nanogpt.sampling import SamplingSettings
+from lit_nanogpt.text import Vocabulary
 
 
 @dataclass
@@ -37,19 +38,22 @@ class ValidationSamples(Callback):
         generated.
 
         Args:
-            prompts: Texts to continue; default a single newline.
+            prompts: Texts to continue; default a newline, or the vocabulary's first character when it has none.
             seed: Seed of the sampling generator, the same at every validation.
             key: Name of the table in W&B.
             sampling: ``SamplingSettings``' fields (``max_new_tokens`` (default 100 here), ``temperature``,
                 ``top_k``, ``num_samples``), given flat: ``init_args: {max_new_tokens: 100}``.
         """
         self.sampling = ValidationSampling(**sampling)
-        self.prompts = prompts or ["\n"]
+        self.prompts = prompts or []  # none given: the model's vocabulary picks one (Vocabulary.default_prompt)
         if not all(self.prompts):
             raise ValueError(f"prompts={self.prompts!r} has an empty prompt: give at least one character each")
         self.seed = seed
         self.key = key
         self.rows: list[list[Any]] = []
+
+    def _prompts(self, vocab: Vocabulary) -> list[str]:
+        return self.prompts or [vocab.default_prompt]
 
     @staticmethod
     def _wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
@@ -59,7 +63,7 @@ class ValidationSamples(Callback):
         vocab = getattr(pl_module, "vocab", None)
         if vocab is None or not self._wandb_loggers(trainer):
             return
-        for prompt in self.prompts:
+        for prompt in self._prompts(vocab):
             if missing := vocab.unknown(prompt):
                 raise ValueError(
                     f"ValidationSamples prompt {prompt!r} has characters not in the vocabulary: "
@@ -75,7 +79,7 @@ class ValidationSamples(Callback):
         if vocab is None:  # a model built without CharDataModule: nothing to sample with
             return
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        for prompt in self.prompts:
+        for prompt in self._prompts(pl_module.vocab):
             for _ in range(self.sampling.num_samples):
                 text = generate_text(module.model, vocab, prompt, self.sampling, generator=generator)
                 self.rows.append([trainer.global_step, prompt, text[len(prompt) :]])

@@ -18,7 +18,7 @@ import sys
 
 def main() -> int:
     os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
-    from lit_nanogpt.cli import main as cli_main
+    from lit_nanogpt.commands import main as cli_main  # Lightning only for its own commands
 
     return cli_main()
 

@@ -9,14 +9,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.fabric.utilities.types import _PATH
 
-from lit_nanogpt.data import Vocabulary, atomic_open
 from lit_nanogpt.model import GPT, GPTConfig
-from lit_nanogpt.module import LitGPT
+from lit_nanogpt.text import Vocabulary, atomic_open
 
 # The fields that build the network; the rest of LitGPT's hyperparameters are for training.
 ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
@@ -62,7 +58,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if "model_args" in ckpt and "model" in ckpt:
         raise ValueError(
             f"{path} is a nanoGPT checkpoint: convert it first with "
-            f"lit-nanogpt import-nanogpt --ckpt {path} --meta meta.pkl --out model.ckpt"
+            f"lit-nanogpt import-nanogpt --ckpt {path} --meta meta.pkl --out runs/model.ckpt"
         )
     missing = [k for k in ("state_dict", "hyper_parameters", "vocab") if k not in ckpt]
     if not missing:
@@ -193,6 +189,10 @@ def import_nanogpt(ckpt_path: str | Path, meta_path: str | Path, out: str | Path
     except RuntimeError as e:
         raise ValueError(f"{ckpt_path}: weights do not fit its model_args ({str(e).splitlines()[0]})") from None
 
+    import lightning as L
+
+    from lit_nanogpt.module import LitGPT
+
     # LitGPT's defaults, then the architecture and the optimizer settings nanoGPT trained with.
     signature = inspect.signature(LitGPT.__init__).parameters.items()
     hparams = {k: p.default for k, p in signature if p.default is not inspect.Parameter.empty}
@@ -211,38 +211,15 @@ def import_nanogpt(ckpt_path: str | Path, meta_path: str | Path, out: str | Path
         "vocab": vocab.chars,
         "nanogpt": {"iter_num": int(src.get("iter_num", 0)), "best_val_loss": float(src.get("best_val_loss", "nan"))},
     }
-    AtomicCheckpointIO().save_checkpoint(checkpoint, out)
+    with atomic_open(out) as f:  # as AtomicCheckpointIO saves
+        torch.save(checkpoint, f)
     return out
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into a temporary file beside the target, then ``os.replace``: all or nothing.
+def __getattr__(name: str) -> Any:
+    # A Lightning plugin, imported on first use: reading a checkpoint (generate, export) needs no Lightning.
+    if name == "AtomicCheckpointIO":
+        from lit_nanogpt.checkpoint_io import AtomicCheckpointIO
 
-    Lightning's own save goes through fsspec, whose temporary file lives in the system temp folder;
-    across filesystems its final move is a copy onto the old checkpoint, which a crash can truncate.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        with atomic_open(Path(path)) as f:
-            torch.save(checkpoint, f)
-
-    def load_checkpoint(
-        self,
-        path: _PATH,
-        map_location: Any = lambda storage, loc: storage,  # Lightning's default: every tensor on the CPU
-        weights_only: bool | None = None,
-    ) -> dict[str, Any]:
-        """Lightning's load (``fit``/``validate``/``test``/``predict`` with ``--ckpt_path``), as data only.
-
-        Lightning 2.6.6 hands ``weights_only`` down unchanged (trainer/connectors/checkpoint_connector.py:83,
-        fabric/plugins/io/torch_io.py:91) and it is None unless ``--weights_only`` sets it. fabric's
-        utilities/cloud_io.py:59-60 turns None into False for http(s) URLs, and torch 2.13's ``torch.load``
-        turns None into False when TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set (torch/serialization.py:1495-1504):
-        any of these would unpickle whatever the file names. So True, whatever was asked.
-        """
-        try:
-            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-        except Exception as e:
-            if refused := _refused("checkpoint", path, e):
-                raise refused from None
-            raise
+        return AtomicCheckpointIO
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,45 +3,38 @@ and ``export``."""
 
 from __future__ import annotations
 
-import errno
 import fcntl
-import logging
 import os
-import re
 import shlex
 import shutil
 import signal
 import sys
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
-import torch
-from jsonargparse import auto_cli
+from jsonargparse import ArgumentError
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_nanogpt.callbacks.longrun import StopOnSignal
-from lit_nanogpt.callbacks.samples import SEPARATOR, SampleWriter
-from lit_nanogpt.checkpoint import AtomicCheckpointIO, import_nanogpt, load_model, read_checkpoint
-from lit_nanogpt.data import CharDataModule, read_corpus
+from lit_nanogpt.callbacks.progress import StepProgressBar
+from lit_nanogpt.callbacks.samples import SampleWriter
+from lit_nanogpt.checkpoint import read_checkpoint
+from lit_nanogpt.checkpoint_io import AtomicCheckpointIO
+from lit_nanogpt.commands import EXTRA_COMMANDS, PROG, export_command, generate, main, torch_device
+from lit_nanogpt.data import SHIPPED_CORPUS, CharDataModule
 from lit_nanogpt.loggers import AutoWandbLogger, LoggedConfig
-from lit_nanogpt.module import LitGPT, generate_text
+from lit_nanogpt.module import LitGPT
 from lit_nanogpt.npu import npu_trainer_flags
-from lit_nanogpt.npu.runtime import npu_module
-from lit_nanogpt.sampling import SamplingSettings
 
-PROG = "lit-nanogpt"
-EXTRA_COMMANDS = {
-    "generate": "Sample text from a checkpoint (lit-nanogpt generate --help)",
-    "import-nanogpt": "Convert nanoGPT's ckpt.pt and meta.pkl into a lit-nanogpt checkpoint",
-    "export": "Export a checkpoint to ONNX (and an Ascend .om when atc is installed)",
-}
+__all__ = ["FIT_DEFAULTS", "LitNanoGPTCLI", "export_command", "generate", "main", "run_lightning_cli", "torch_device"]
+
 # The settings every fit starts from (callbacks, logger, nanoGPT's loop); the recipes hold the rest.
 FIT_DEFAULTS = Path(__file__).with_name("fit_defaults.yaml")
 # Lightning's own names for checkpoints it finds by itself, accepted by --ckpt_path.
@@ -61,6 +54,8 @@ class LitNanoGPTCLI(LightningCLI):
             f"{PROG} {name}: {text}" for name, text in EXTRA_COMMANDS.items()
         )
         parser_kwargs = kwargs.setdefault("parser_kwargs", {"prog": PROG, "description": description})
+        # A bad option raises (parse_arguments turns it into one line) instead of printing the whole usage.
+        parser_kwargs.setdefault("exit_on_error", False)
         # Every fit starts from the standard callbacks and logger; run=False builds a fit-like Trainer directly.
         defaults = {"default_config_files": [str(FIT_DEFAULTS)]}
         parser_kwargs.setdefault("fit", defaults) if run else parser_kwargs.update(defaults)
@@ -81,13 +76,34 @@ class LitNanoGPTCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """Lightning's, plus the NPU strategy and precision plugin that Lightning 2.6 cannot pick itself."""
         configured = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        trainer = super().instantiate_trainer(**{**kwargs, **npu_trainer_flags(configured)})
+        try:
+            trainer = super().instantiate_trainer(**{**kwargs, **npu_trainer_flags(configured)})
+        except MisconfigurationException as e:
+            raise ValueError(_misconfigured(configured, e)) from None
+        for i, bar in enumerate(trainer.callbacks):
+            if type(bar) is TQDMProgressBar:  # Lightning's default, on stdout
+                trainer.callbacks[i] = StepProgressBar(bar.refresh_rate, bar.process_position, bar._leave)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         for logger in trainer.loggers:
             if isinstance(logger, AutoWandbLogger):
                 logger.follow_trainer(trainer)
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        with warnings.catch_warnings():
+            if subcommand != "fit":
+                # The callbacks that wrote the checkpoint (checkpointing, loss curve) keep state for training only.
+                warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used")
+            # predict's batches are prompts, and SampleWriter does not ask for their indices.
+            warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader")
+            super()._run_subcommand(subcommand)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as e:
+            raise ValueError(_explain_parse_error(str(e), self._subcommand_parsers, args)) from None
 
     def _parse_ckpt_path(self) -> None:
         """Take the model from the checkpoint, and the data settings the user left at their defaults.
@@ -122,6 +138,10 @@ class LitNanoGPTCLI(LightningCLI):
             for k, v in ckpt.get("datamodule_hyper_parameters", {}).items()
             if k != "block_size" and k in current and current[k] == defaults[k]
         }
+        if current.get("vocab") is None:
+            data["vocab"] = ckpt["vocab"]  # predict then reads no corpus; validate/test check theirs against it
+        if subcommand in ("validate", "test"):
+            _check_corpus_is_there(subcommand, ckpt_path, {**current, **data}, ckpt.get(CharDataModule.__qualname__))
         self.config = self.parser.parse_object({subcommand: {"model": model, "data": data}}, self.config)
 
     def _root(self) -> Path:
@@ -298,150 +318,66 @@ def clean_leftovers(root: Path, trainer: L.Trainer) -> None:
               f"{', '.join(str(p) for p in removed)}", file=sys.stderr)  # fmt: skip
 
 
-def torch_device(name: str) -> torch.device:
-    """``name`` as a device this process can use, or a ``ValueError`` saying what is missing."""
-    if name.startswith("npu"):
-        npu_module(f"--device {name}")  # imports torch_npu, which makes "npu" a device type
+def _check_corpus_is_there(subcommand: str, ckpt_path: str, data: dict[str, Any], recorded: Any) -> None:
+    """One line, before anything starts, when the corpus whose validation split validate/test need is gone."""
+    path = Path(data["data_path"]) if data.get("data_path") else SHIPPED_CORPUS
+    if path.is_file():
+        return
+    sha = f" (sha256 {recorded['sha256'][:16]}...)" if isinstance(recorded, dict) and "sha256" in recorded else ""
+    raise FileNotFoundError(
+        f"{subcommand} needs the validation split of the corpus {ckpt_path} was trained on, {path}{sha}, which is "
+        "not there: put it back or pass --data.data_path with that text (predict and generate need only the checkpoint)"
+    )
+
+
+def _misconfigured(trainer: dict[str, Any], error: Exception) -> str:
+    """One line for a Trainer that Lightning refused to build, naming the setting and the fix."""
+    text = " ".join(str(error).split())
+    accelerator = trainer.get("accelerator")
+    if "can not run on your system" in text and isinstance(accelerator, str):
+        return (
+            f"--trainer.accelerator {accelerator}: no {accelerator} device is available on this machine; "
+            "use --trainer.accelerator cpu, or auto to take whatever is there"
+        )
+    return f"the trainer settings do not fit together: {text}"
+
+
+def _explain_parse_error(message: str, parsers: dict[str, LightningArgumentParser], args: Any) -> str:
+    """jsonargparse's error as one line; for an unknown key: the file that sets it and the nearest real key."""
+    import difflib
+    import re
+
+    text = " ".join(message.split())
+    args = args if isinstance(args, list) else sys.argv[1:]
+    subcommand = next((a for a in args if a in parsers), None)
+    unknown = (
+        re.search(r"Subcommand '[\w-]+' does not accept option '([\w.]+)'", text)
+        or re.search(r"Group '([\w.]+)' does not accept option '([\w.]+)'", text)
+        or re.search(r"unrecognized arguments: --([\w.]+)", text)
+    )
+    if unknown is None or subcommand is None:
+        return f"{text} ({PROG} --help lists the commands, {PROG} COMMAND --help their options)"
+    key = ".".join(unknown.groups())
+    guess = difflib.get_close_matches(key, list(parsers[subcommand].get_defaults().keys()), n=1, cutoff=0.6)
+    files = [f for f in _config_files(args) if _sets_key(f, key)]
+    where, dashes = (f"{files[-1]}: {key}", "") if files else (f"--{key}", "--")
+    fix = f"did you mean {dashes}{guess[0]}?" if guess else f"see {PROG} {subcommand} --help"
+    return f"{where} is not an option of {PROG} {subcommand}; {fix}"
+
+
+def _sets_key(file: Path, key: str) -> bool:
+    """Whether the YAML ``file`` sets the dotted ``key``."""
+    import yaml
+
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device: use cpu, cuda, cuda:1, npu or npu:1") from None
-    module = getattr(torch, device.type, None)
-    if device.type != "cpu" and not (module is not None and module.is_available()):
-        raise ValueError(f"--device {name}: no {device.type} device is available here; use --device cpu")
-    return device
-
-
-def generate(
-    checkpoint: str | None = None,
-    onnx: str | None = None,
-    prompt: str = "\n",
-    seed: int = 1337,
-    device: str = "cpu",
-    use_cache: bool = True,
-    int8: bool = False,
-    window: Literal["exact", "half"] = "exact",
-    backend: Literal["auto", "cpu", "cann", "om"] = "auto",
-    cache: Literal["auto", "dynamic", "static"] = "auto",
-    **sampling: Any,
-) -> None:
-    """Sample from a lit-nanogpt checkpoint or export folder and print each sample as nanoGPT's sample.py does.
-
-    Args:
-        checkpoint: A checkpoint written by ``fit`` or ``import-nanogpt``; nothing else is needed.
-        onnx: Instead of ``checkpoint``: an export folder (``lit-nanogpt export`` or the fit-end export),
-            run with onnxruntime (or on Ascend, its .om through ais_bench or onnxruntime's CANN provider).
-        prompt: Text to continue; prefix with ``FILE:`` to read it from a file.
-        seed: Seed of the sampling, as ``torch.manual_seed`` in nanoGPT's sample.py.
-        device: Where to run, e.g. ``cpu`` or ``cuda``.
-        use_cache: Keep keys and values while the text fits in block_size (same tokens, faster).
-        int8: With ``onnx``: run the int8-weight graphs (faster on CPU; see docs/export.md for the cost).
-            CPU only: refused with ``--backend cann`` or ``om``.
-        window: With ``onnx``, past block_size: ``exact`` (nanoGPT's sliding window, a full window per
-            token) or ``half`` (re-read the last block_size/2 tokens when the cache is full: faster, not identical).
-        backend: With ``onnx``: ``auto``, ``cpu`` (onnxruntime), ``cann`` (onnxruntime's CANN provider)
-            or ``om`` (the atc-compiled .om files through ais_bench).
-        cache: With ``onnx``: ``dynamic`` (prefill/decode graphs, a cache that grows), ``static`` (the
-            fixed-shape prefill_static/decode_static pair that atc and the CANN provider compile once)
-            or ``auto`` (static on Ascend, dynamic on CPU). Same tokens either way.
-        sampling: ``SamplingSettings``' fields, given flat: ``--max_new_tokens``, ``--temperature``,
-            ``--top_k``, ``--num_samples``.
-    """
-    settings = SamplingSettings(**sampling)
-    if (checkpoint is None) == (onnx is None):
-        raise ValueError("pass exactly one of --checkpoint CKPT (PyTorch) and --onnx EXPORT_DIR (onnxruntime)")
-    if onnx is None and (int8 or window != "exact" or backend != "auto" or cache != "auto"):
-        raise ValueError("--int8, --window, --backend and --cache apply to --onnx EXPORT_DIR only")
-    if prompt.startswith("FILE:"):
-        prompt, _ = read_corpus(Path(prompt[5:]), what="prompt file")
-    if onnx is not None:
-        from lit_nanogpt.export import open_export
-
-        exported, _ = open_export(onnx, int8=int8, backend=backend, cache=cache)
-        vocab, block_size = exported.vocab, exported.block_size
-    else:
-        model, vocab = load_model(checkpoint)
-        model.to(torch_device(device))
-        block_size = model.config.block_size
-    if missing := vocab.unknown(prompt):
-        raise ValueError(f"prompt has characters not in the model's vocabulary: {''.join(missing)!r}; remove them")
-    if not prompt:
-        raise ValueError("the prompt is empty: give at least one character, e.g. a newline")
-    if len(prompt) > block_size:
-        print(f"prompt has {len(prompt)} characters, more than block_size={block_size}: "
-              f"the model sees only the last {block_size}", file=sys.stderr)  # fmt: skip
-    torch.manual_seed(seed)
-    new_tokens, seconds = 0, 0.0
-    for _ in range(settings.num_samples):
-        start = time.perf_counter()
-        if onnx is not None:
-            idx = torch.from_numpy(vocab.encode(prompt))[None]  # (1, T)
-            out = exported.generate(idx, settings.max_new_tokens, settings.temperature, settings.top_k,
-                                    use_cache=use_cache, window=window)  # fmt: skip
-            text = vocab.decode(out[0])
-        else:
-            text = generate_text(model, vocab, prompt, settings, use_cache=use_cache)
-        seconds += time.perf_counter() - start
-        new_tokens += settings.max_new_tokens
-        print(text)
-        print(SEPARATOR, flush=True)
-    print(f"{new_tokens} tokens in {seconds:.2f} s ({new_tokens / seconds:.1f} tokens/s)", file=sys.stderr)
-
-
-def import_nanogpt_command(ckpt: str, meta: str, out: str) -> None:
-    """Convert nanoGPT's checkpoint into a lit-nanogpt one that validate, predict and generate take alone.
-
-    Args:
-        ckpt: nanoGPT's ``ckpt.pt`` (with or without torch.compile's ``_orig_mod.`` prefix).
-        meta: The ``meta.pkl`` of the dataset it was trained on (its ``itos`` is the vocabulary).
-        out: Where to write the lit-nanogpt checkpoint.
-    """
-    path = import_nanogpt(ckpt, meta, out)
-    print(f"Wrote {path}", file=sys.stderr)
-
-
-def export_command(args: list[str]) -> None:
-    """``lit-nanogpt export --checkpoint X.ckpt --out DIR [--opset ... --atc.soc_version ...]``.
-
-    The options are ``lit_nanogpt.export.ExportSettings``' fields, the same the fit-end callback
-    ``lit_nanogpt.callbacks.OnnxExport`` takes as ``init_args.settings``: each is defined once.
-    """
-    from jsonargparse import ArgumentParser
-
-    from lit_nanogpt.export import ExportSettings, export_model
-    from lit_nanogpt.export.settings import add_arguments, from_options
-    from lit_nanogpt.npu.atc import AtcOptions
-
-    parser = ArgumentParser(prog=f"{PROG} export", description="Export a lit-nanogpt checkpoint to an ONNX folder, "
-                            "and compile it with atc when atc is installed.")  # fmt: skip
-    parser.add_argument("--checkpoint", required=True, help="A checkpoint written by fit or import-nanogpt.")
-    parser.add_argument(
-        "--out", required=True, help="The export folder; replaced only once the new export is complete."
-    )
-    # AtcOptions as a group of its own, so that --help lists each of its options (jsonargparse shows
-    # ExportSettings.atc, an optional dataclass, as one --atc.help); atc=None is for Python callers.
-    add_arguments(parser, ExportSettings, skip={"atc"})
-    add_arguments(parser, AtcOptions, "atc")
-    cfg = parser.parse_args(args).as_dict()
-    settings = from_options(ExportSettings, cfg, atc=from_options(AtcOptions, cfg["atc"]))
-    model, vocab = load_model(cfg["checkpoint"])
-    manifest = export_model(model, vocab, cfg["out"], settings, source=str(cfg["checkpoint"]))
-    worst = max(manifest.max_abs_diff.values())
-    print(f"Wrote {cfg['out']} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})", file=sys.stderr)
-
-
-def _quiet_lightning() -> None:
-    """Drop Lightning's advertising tips and warnings that say nothing about this project's runs."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith("💡 Tip")
-    )
-    for message in (
-        r".*treespec, LeafSpec.*",  # inside Lightning's own pytree helper
-        r"Your `IterableDataset` has `__len__` defined.*",  # ours shard themselves per rank
-        r"The '\w+_dataloader' does not have many workers.*",  # batches are one indexing op each
-        r"Starting from v1.9.0, `tensorboardX` has been removed.*",
-    ):
-        warnings.filterwarnings("ignore", message=message)
+        node: Any = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return False
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 # Class paths that moved: a config.yaml saved by an earlier version names the old ones.
@@ -481,48 +417,10 @@ def check_moved_class_paths(args: list[str]) -> None:
                     )
 
 
-def _storage_error(e: OSError) -> str | None:
-    """The one line for a full disk or a folder that cannot be written; None for other ``OSError``s.
-
-    Nothing good is lost: checkpoints, caches and exports are written beside their target and renamed.
-    """
-    where = str(e.filename or "a file")
-    if partial := re.fullmatch(r"\.(.+)\.partial-\w+", Path(where).name):  # an export's temporary folder
-        where = str(Path(where).with_name(partial[1]))
-    fix = "pass another --trainer.default_root_dir (export: --out) or --data.cache_dir"
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on the device holding {where}: free some space, or {fix}"
-    if isinstance(e, PermissionError) or e.errno == errno.EROFS:
-        return f"cannot write {where} ({e.strerror}): make it writable, or {fix}"
-    return None
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    _quiet_lightning()
-    own = {"generate": generate, "import-nanogpt": import_nanogpt_command}
-    try:
-        if args[:1] == ["export"]:
-            export_command(args[1:])
-        elif args[:1] and args[0] in own:
-            auto_cli(own[args[0]], args=args[1:], as_positional=False, prog=f"{PROG} {args[0]}")
-        else:
-            check_moved_class_paths(args)
-            LitNanoGPTCLI(args=argv)
-    except (ValueError, FileNotFoundError) as e:
-        if os.environ.get("LIT_NANOGPT_DEBUG"):
-            raise
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # `lit-nanogpt generate ... | head`: the reader left, nothing is wrong
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except OSError as e:
-        if (line := _storage_error(e)) is None or os.environ.get("LIT_NANOGPT_DEBUG"):
-            raise
-        print(f"{PROG}: error: {line}", file=sys.stderr)
-        return 1
-    return 0
+def run_lightning_cli(argv: list[str] | None = None) -> None:
+    """``fit``, ``validate``, ``test`` and ``predict``: ``argv`` or the command line."""
+    check_moved_class_paths(sys.argv[1:] if argv is None else argv)
+    LitNanoGPTCLI(args=argv)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,9 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -23,9 +21,17 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from lit_nanogpt.sampling import SamplingSettings
+from lit_nanogpt.text import SHIPPED_CORPUS, SHIPPED_SHA256, Vocabulary, atomic_open, read_corpus
 
-SHIPPED_CORPUS = Path(__file__).parent / "assets" / "tinyshakespeare.txt"
-SHIPPED_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+__all__ = [
+    "SHIPPED_CORPUS",
+    "SHIPPED_SHA256",
+    "CharDataModule",
+    "EncodedCorpus",
+    "Vocabulary",
+    "atomic_open",
+    "read_corpus",
+]
 
 
 def default_cache_dir() -> Path:
@@ -33,116 +39,6 @@ def default_cache_dir() -> Path:
     if "LIT_NANOGPT_CACHE" in os.environ:
         return Path(os.environ["LIT_NANOGPT_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lit_nanogpt"
-
-
-class Vocabulary:
-    """Maps characters to ids and back; ids are positions in the sorted set of characters."""
-
-    def __init__(self, chars: str) -> None:
-        if not chars:
-            raise ValueError("the vocabulary is empty: build it from a non-empty text")
-        self.chars = chars
-        self.stoi = {c: i for i, c in enumerate(chars)}
-        # Sorted code points let numpy encode a whole corpus with one searchsorted.
-        self._codes = np.array([ord(c) for c in chars], dtype=np.uint32)
-
-    @classmethod
-    def from_text(cls, text: str) -> Vocabulary:
-        return cls("".join(sorted(set(text))))
-
-    def __len__(self) -> int:
-        return len(self.chars)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Vocabulary) and other.chars == self.chars
-
-    def unknown(self, text: str) -> list[str]:
-        return sorted(set(text) - self.stoi.keys())
-
-    def encode(self, text: str) -> np.ndarray:
-        """Ids of ``text``; a ``ValueError`` names every character the vocabulary lacks."""
-        if missing := self.unknown(text):
-            raise ValueError(
-                f"characters not in the model's vocabulary: {''.join(missing)!r}; "
-                "remove them or train on a corpus that has them"
-            )
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        return np.searchsorted(self._codes, codes).astype(np.int64)
-
-    def decode(self, ids: list[int] | np.ndarray | torch.Tensor) -> str:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        return "".join(self.chars[i] for i in ids)
-
-
-def read_corpus(path: Path, what: str = "corpus") -> tuple[str, str]:
-    """Text and sha256 of a UTF-8 text file, with one clear error for each way it can be unusable."""
-    if not path.is_file():
-        hint = "pass --data.data_path with a UTF-8 text file" if what == "corpus" else "check the path"
-        raise FileNotFoundError(f"{what} {path} does not exist or is not a file: {hint}")
-    raw = path.read_bytes()
-    if not raw:
-        raise ValueError(f"{what} {path} is empty: pass a UTF-8 text file with some text in it")
-    sha = hashlib.sha256(raw).hexdigest()
-    if path.resolve() == SHIPPED_CORPUS.resolve() and sha != SHIPPED_SHA256:
-        raise ValueError(f"shipped corpus {path} has sha256 {sha}, not {SHIPPED_SHA256}: reinstall lit_nanogpt")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{what} {path} is not UTF-8 (byte {e.start}: {raw[e.start : e.start + 1]!r}): convert it, "
-            f"e.g. iconv -f LATIN1 -t UTF-8"
-        ) from None
-    return text, sha
-
-
-def umask() -> int:
-    """The process's umask, read without changing it where Linux allows (``os.umask`` sets it, racing threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_open(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that replaces ``path`` only once the ``with`` block completes: all or nothing.
-
-    The temporary file lives beside ``path``, so the final ``os.replace`` is a rename on one filesystem.
-    It gets the permissions a plain ``open`` would (``mkstemp`` makes it 0600, unreadable to a team).
-    An ``OSError`` without a file name (a full disk while writing) is raised again naming ``path``.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise _naming(e, path.parent) from e
-    try:
-        os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException as e:
-        os.unlink(tmp)
-        # torch.save's zip writer turns a failed write into a RuntimeError while closing; the OSError is its context.
-        cause: BaseException | None = e
-        while cause is not None and not isinstance(cause, OSError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None and isinstance(e, Exception):
-            raise _naming(cause, path) from e
-        raise
-
-
-def _naming(error: OSError, path: Path) -> OSError:
-    if error.filename is not None:
-        return error
-    return type(error)(error.errno, error.strerror or str(error), str(path))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -287,6 +183,7 @@ class CharDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         cache_dir: str | None = None,
         prompts: list[str] | None = None,
+        vocab: str | None = None,
         **sampling: Any,
     ) -> None:
         """Serve a character-level corpus for training, validation and sampling.
@@ -298,7 +195,10 @@ class CharDataModule(L.LightningDataModule):
             val_batch_size: Validation windows per forward pass; changes speed, not the result.
             val_fraction: Share of the text, taken from its end, held out for validation.
             cache_dir: Where encoded splits are kept; default ``$LIT_NANOGPT_CACHE`` or ``~/.cache/lit_nanogpt``.
-            prompts: ``predict`` only: the texts to continue; default a single newline.
+            prompts: ``predict`` only: the texts to continue; default a newline, or the vocabulary's first
+                character when it has none.
+            vocab: The characters, when a checkpoint gives them (``--ckpt_path`` sets it): ``predict`` then
+                reads no corpus, and ``validate``/``test`` refuse a corpus with other characters.
             sampling: ``predict`` only: ``SamplingSettings``' fields (``max_new_tokens``, ``temperature``,
                 ``top_k``, ``num_samples``), given flat: ``--data.max_new_tokens``.
         """
@@ -311,27 +211,46 @@ class CharDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{name}={value} must be a positive integer")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction={val_fraction} must be between 0 and 1, e.g. 0.1")
-        self.corpus = EncodedCorpus(
-            Path(data_path) if data_path else SHIPPED_CORPUS,
-            Path(cache_dir) if cache_dir else default_cache_dir(),
-            val_fraction,
-        )
+        self.corpus_path = Path(data_path) if data_path else SHIPPED_CORPUS
+        self._vocab = Vocabulary(vocab) if vocab else None
+        self._corpus: EncodedCorpus | None = None
+        if self._vocab is None:
+            self.corpus  # noqa: B018  read now: a bad corpus fails before anything else starts
         self.train_data: torch.Tensor | None = None
         self.train_stream: RandomWindows | None = None
         self.val_data: torch.Tensor | None = None
 
     @property
+    def corpus(self) -> EncodedCorpus:
+        """The corpus, read (and encoded, once) on first use: ``predict`` from a checkpoint never reads it."""
+        if self._corpus is None:
+            cache = Path(self.hparams.cache_dir) if self.hparams.cache_dir else default_cache_dir()
+            self._corpus = EncodedCorpus(self.corpus_path, cache, self.hparams.val_fraction)
+            if self._vocab is not None and self._corpus.vocab != self._vocab:
+                raise ValueError(
+                    f"corpus {self.corpus_path} has {len(self._corpus.vocab)} characters, not the checkpoint's "
+                    f"{len(self._vocab)}: pass --data.data_path with the text the model was trained on"
+                )
+        return self._corpus
+
+    @property
     def vocab(self) -> Vocabulary:
-        return self.corpus.vocab
+        return self._vocab if self._vocab is not None else self.corpus.vocab
 
     @property
     def vocab_size(self) -> int:
-        return len(self.corpus.vocab)
+        return len(self.vocab)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint records of the corpus, so that ``validate`` can say which text it needs."""
+        return {"corpus": str(self.corpus.path), "sha256": self.corpus.sha256} if self._corpus else {}
 
     def setup(self, stage: str) -> None:
+        if stage == "predict":
+            return  # the prompts and the model's vocabulary are all predict needs
         need = self.hparams.block_size + 1
         for name, n in (("train", self.corpus.n_train), ("val", self.corpus.n_val)):
-            if n < need and stage != "predict":
+            if n < need:
                 raise ValueError(
                     f"corpus {self.corpus.path}: its {name} split has {n} characters, fewer than "
                     f"block_size + 1 = {need}: use a longer text or a smaller --model.block_size"
@@ -361,7 +280,7 @@ class CharDataModule(L.LightningDataModule):
     test_dataloader = val_dataloader
 
     def predict_dataloader(self) -> DataLoader:
-        prompts = self.hparams.prompts or ["\n"]
+        prompts = self.hparams.prompts or [self.vocab.default_prompt]
         requests: list[dict[str, Any]] = [
             {"prompt": p, "sample": i, "sampling": self.sampling}
             for p in prompts

@@ -18,6 +18,7 @@ import lightning as L
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 DEFAULT_PROJECT = "lit-nanogpt"
@@ -101,6 +102,10 @@ class AutoWandbLogger(WandbLogger):
         self._follows_trainer = save_dir is None
         self.mode = resolve_wandb_mode(mode)
         self._sync_hint_shown = False
+        if kwargs.get("settings") is None and "WANDB_SILENT" not in os.environ:
+            # wandb's own console output (a dozen lines, coloured even into a file) gives way to one line of
+            # ours: the run's page when online, the `wandb sync` command when offline. Its warnings still show.
+            kwargs["settings"] = {"silent": True}
         super().__init__(
             name=name,
             save_dir=save_dir or ".",
@@ -109,11 +114,25 @@ class AutoWandbLogger(WandbLogger):
             mode=self.mode,
             **kwargs,
         )
+        if self._wandb_init.get("anonymous") is None:
+            del self._wandb_init["anonymous"]  # wandb >= 0.19 warns that it has no effect, even when None
 
     def follow_trainer(self, trainer: L.Trainer) -> None:
         """Use ``trainer.default_root_dir`` as ``save_dir`` when none was given, so one setting moves the whole run."""
         if self._follows_trainer and self._experiment is None:
             self._save_dir = self._wandb_init["dir"] = str(trainer.default_root_dir)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._experiment is None:
+            # wandb looks for a git root in the run folder, and warns when that folder does not exist yet.
+            Path(self._wandb_init.get("dir") or ".").mkdir(parents=True, exist_ok=True)
+            run = super().experiment
+            if self.mode == "online" and getattr(run, "url", None):
+                rank_zero_info(f"W&B run: {run.url}")
+            return run
+        return super().experiment
 
     @property
     def run_dir(self) -> Path | None:

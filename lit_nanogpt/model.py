@@ -16,6 +16,7 @@ Two paths run the same weights:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -271,8 +272,10 @@ class GPT(nn.Module):
         top_k: int | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        on_token: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """Extend ``idx`` (B, T) by ``max_new_tokens`` tokens, nanoGPT's way.
+        """Extend ``idx`` (B, T) by ``max_new_tokens`` tokens, nanoGPT's way; ``on_token`` gets each new
+        token (B, 1) as soon as it is drawn, to show the text as it grows.
 
         Each token is conditioned on the last ``block_size`` tokens; logits are divided by
         ``temperature``, cut to the ``top_k`` largest, softmaxed and sampled. ``temperature=0``
@@ -291,6 +294,8 @@ class GPT(nn.Module):
             else:
                 logits, _ = self(idx[:, -block_size:])
             idx_next = sample_next(logits[:, -1, :], temperature, top_k, generator)
+            if on_token is not None:
+                on_token(idx_next)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
 

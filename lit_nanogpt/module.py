@@ -13,9 +13,9 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from lit_nanogpt.data import Vocabulary
 from lit_nanogpt.model import GPT, SHAKESPEARE_CHAR, GPTConfig
 from lit_nanogpt.sampling import SamplingSettings
+from lit_nanogpt.text import Vocabulary
 
 
 def nanogpt_lr(step: int, learning_rate: float, min_lr: float, warmup_iters: int, lr_decay_iters: int) -> float:

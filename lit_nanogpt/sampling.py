@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SEPARATOR = "---------------"  # what nanoGPT's sample.py prints after each sample
+
 
 @dataclass
 class SamplingSettings:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lit_nanogpt.cli import main
-from lit_nanogpt.data import umask
+from lit_nanogpt.text import umask
 from tests.conftest import ROOT, TINY
 
 EVERY = 10  # the periodic checkpoint's interval in these tests

@@ -34,11 +34,11 @@ import onnx
 import torch
 import torch.nn as nn
 
-from lit_nanogpt.data import Vocabulary
 from lit_nanogpt.export.manifest import Graph, Manifest, TensorSpec, replacing
 from lit_nanogpt.export.settings import ExportSettings
 from lit_nanogpt.model import GPT
 from lit_nanogpt.npu.atc import ATC_ONNX_OPS, CANN_ONNX_PARSERS, oldest_cann, run_atc, unreadable
+from lit_nanogpt.text import Vocabulary
 
 log = logging.getLogger(__name__)
 

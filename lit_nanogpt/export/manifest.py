@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lit_nanogpt.data import umask
 from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.npu.atc import AtcRecord
+from lit_nanogpt.text import umask
 
 FORMAT = "lit-nanogpt-onnx"
 FORMAT_VERSION = 2

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_nanogpt.data import Vocabulary
 from lit_nanogpt.export.graphs import STATIC_GRAPHS, past_names
 from lit_nanogpt.export.manifest import Manifest
 from lit_nanogpt.model import sample_next
+from lit_nanogpt.text import Vocabulary
 
 WINDOWS = ("exact", "half")
 BACKENDS = ("auto", "cpu", "cann", "om")
@@ -213,11 +213,15 @@ class ExportedGPT:
         use_cache: bool = True,
         window: str = "exact",
         generator: torch.Generator | None = None,
+        on_token: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """``GPT.generate`` on the exported graphs: same arguments, same sampling (``sample_next``)."""
 
         def pick(logits: np.ndarray, step: int) -> np.ndarray:
-            return sample_next(torch.from_numpy(logits), temperature, top_k, generator).numpy()
+            token = sample_next(torch.from_numpy(logits), temperature, top_k, generator)  # (B, 1)
+            if on_token is not None:
+                on_token(token)
+            return token.numpy()
 
         out = self._extend(idx.cpu().numpy().astype(np.int64), max_new_tokens, pick, use_cache, window)
         return torch.from_numpy(out)

@@ -12,6 +12,7 @@ import logging
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -243,7 +244,7 @@ def run_atc(folder: Path, final: Path, manifest: Manifest, options: AtcOptions) 
 
     ``final`` is where the folder will end up: the recorded commands name it, so they can be run later.
     Without atc (or with ``enabled=False``) the commands go to ``atc_command.sh`` (the full graph's
-    first, then the static pair's, one a line) and a warning is logged.
+    first, then the static pair's, one a line) and one plain line on stderr says so.
     """
     graphs = static_graphs(manifest)
     later = {g: shlex.join(atc_command(final.resolve(), manifest, options, graph=g)) for g in ["full", *graphs]}
@@ -252,7 +253,8 @@ def run_atc(folder: Path, final: Path, manifest: Manifest, options: AtcOptions) 
     if executable is None:
         (folder / "atc_command.sh").write_text("".join(f"{c}\n" for c in later.values()), encoding="utf-8")
         reason = "atc is disabled" if not options.enabled else "atc is not on PATH"
-        log.warning(f"{reason}: compile for {options.soc_version} later with {final / 'atc_command.sh'}")
+        # Expected on any host without CANN: said once, plainly, not as a warning.
+        print(f"{reason}: compile for {options.soc_version} later with {final / 'atc_command.sh'}", file=sys.stderr)
         return record
     record.log = _compile(folder, final, manifest, options, executable, "full")
     record.om = f"{om_stem(options.soc_version)}.om"
