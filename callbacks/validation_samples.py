@@ -79,7 +79,7 @@ class ValidationSamples(Callback):
         if vocab is None:  # a model built without CharDataModule: nothing to sample with
             return
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        for prompt in self._prompts(pl_module.vocab):
+        for prompt in self._prompts(vocab):
             for _ in range(self.sampling.num_samples):
                 text = generate_text(module.model, vocab, prompt, self.sampling, generator=generator)
                 self.rows.append([trainer.global_step, prompt, text[len(prompt) :]])

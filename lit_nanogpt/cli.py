@@ -80,9 +80,9 @@ class LitNanoGPTCLI(LightningCLI):
             trainer = super().instantiate_trainer(**{**kwargs, **npu_trainer_flags(configured)})
         except MisconfigurationException as e:
             raise ValueError(_misconfigured(configured, e)) from None
-        for i, bar in enumerate(trainer.callbacks):
+        for i, bar in enumerate(trainer.callbacks):  # type: ignore[attr-defined]
             if type(bar) is TQDMProgressBar:  # Lightning's default, on stdout
-                trainer.callbacks[i] = StepProgressBar(bar.refresh_rate, bar.process_position, bar._leave)
+                trainer.callbacks[i] = StepProgressBar(bar.refresh_rate, bar.process_position, bar._leave)  # type: ignore[attr-defined]
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         for logger in trainer.loggers:
@@ -97,7 +97,16 @@ class LitNanoGPTCLI(LightningCLI):
                 warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used")
             # predict's batches are prompts, and SampleWriter does not ask for their indices.
             warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader")
-            super()._run_subcommand(subcommand)
+            if subcommand != "fit":
+                return super()._run_subcommand(subcommand)
+            if self._resume is not None:
+                self._refuse_other_corpus()
+            with RunFolder(self._root(), self.trainer, resuming=self._resume is not None,
+                           overwrite=bool(self.config["fit"].get("overwrite"))):  # fmt: skip
+                try:
+                    super()._run_subcommand(subcommand)
+                except SIGTERMException:
+                    raise SystemExit(self._report_stop()) from None
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
@@ -187,21 +196,9 @@ class LitNanoGPTCLI(LightningCLI):
                 "--trainer.default_root_dir"
             )
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        if subcommand != "fit":
-            return super()._run_subcommand(subcommand)
-        if self._resume is not None:
-            self._refuse_other_corpus()
-        with RunFolder(self._root(), self.trainer, resuming=self._resume is not None,
-                       overwrite=bool(self.config["fit"].get("overwrite"))):  # fmt: skip
-            try:
-                super()._run_subcommand(subcommand)
-            except SIGTERMException:
-                raise SystemExit(self._report_stop()) from None
-
     def _report_stop(self) -> int:
         """One line: the signal, the step and ``last.ckpt``, and the command that resumes; returns the exit status."""
-        stop = next((c for c in self.trainer.callbacks if isinstance(c, StopOnSignal)), None)
+        stop = next((c for c in self.trainer.callbacks if isinstance(c, StopOnSignal)), None)  # type: ignore[attr-defined]
         signum = stop.received if stop is not None and stop.received is not None else signal.SIGTERM
         if self.trainer.is_global_zero:
             args, skip = [], False
@@ -226,7 +223,7 @@ class LitNanoGPTCLI(LightningCLI):
 
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback
-        if self.trainer.is_global_zero and callback is not None and getattr(callback, "best_model_path", ""):
+        if self.trainer.is_global_zero and isinstance(callback, ModelCheckpoint) and callback.best_model_path:
             score = callback.best_model_score
             shown = f"{callback.monitor}={score:.4f}" if score is not None else "no score"
             print(f"Best checkpoint: {callback.best_model_path} ({shown})", flush=True)
@@ -298,7 +295,7 @@ def clean_leftovers(root: Path, trainer: L.Trainer) -> None:
     from lit_nanogpt.callbacks import OnnxExport
 
     folders = {root, root / "checkpoints"}
-    export_dirs = {Path(c.dirpath) if c.dirpath else root / "export" for c in trainer.callbacks
+    export_dirs = {Path(c.dirpath) if c.dirpath else root / "export" for c in trainer.callbacks  # type: ignore[attr-defined]
                    if isinstance(c, OnnxExport)}  # fmt: skip
     folders |= {d.parent for d in export_dirs}
     removed = []

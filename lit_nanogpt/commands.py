@@ -14,8 +14,9 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from jsonargparse import auto_cli
@@ -107,9 +108,11 @@ def generate(
         from lit_nanogpt.export import open_export
 
         exported, _ = open_export(onnx, int8=int8, backend=backend, cache=cache)
-        vocab, block_size, run = exported.vocab, exported.block_size, exported.generate
+        vocab, block_size = exported.vocab, exported.block_size
+        run: Callable[..., torch.Tensor] = exported.generate
         target = torch.device("cpu")
     else:
+        assert checkpoint is not None  # exactly one of the two, checked above
         model, vocab = load_model(checkpoint)
         target = torch_device(device)
         model.to(target)
@@ -124,7 +127,7 @@ def generate(
         print(f"prompt has {len(prompt)} characters, more than block_size={block_size}: "
               f"the model sees only the last {block_size}", file=sys.stderr)  # fmt: skip
     idx = torch.from_numpy(vocab.encode(prompt))[None].to(target)  # (1, T)
-    options = {"temperature": settings.temperature, "top_k": settings.top_k, "use_cache": use_cache}
+    options: dict[str, Any] = {"temperature": settings.temperature, "top_k": settings.top_k, "use_cache": use_cache}
     if onnx is not None:
         options["window"] = window
     # Sessions and kernels made and warmed here, before the seed and the timer: the timed loop is generation.
@@ -234,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args[:1] == ["export"]:
             export_command(args[1:])
         elif args[:1] and args[0] in own:
-            auto_cli(own[args[0]], args=args[1:], as_positional=False, prog=f"{PROG} {args[0]}")
+            command = cast(Callable[..., Any], own[args[0]])
+            auto_cli(command, args=args[1:], as_positional=False, prog=f"{PROG} {args[0]}")
         else:
             from lit_nanogpt.cli import run_lightning_cli  # Lightning, only for its commands
 

@@ -221,11 +221,16 @@ class CharDataModule(L.LightningDataModule):
         self.val_data: torch.Tensor | None = None
 
     @property
+    def _hp(self) -> Any:
+        """The saved arguments: Lightning's AttributeDict, typed as a plain mapping."""
+        return self.hparams
+
+    @property
     def corpus(self) -> EncodedCorpus:
         """The corpus, read (and encoded, once) on first use: ``predict`` from a checkpoint never reads it."""
         if self._corpus is None:
-            cache = Path(self.hparams.cache_dir) if self.hparams.cache_dir else default_cache_dir()
-            self._corpus = EncodedCorpus(self.corpus_path, cache, self.hparams.val_fraction)
+            cache = Path(self._hp.cache_dir) if self._hp.cache_dir else default_cache_dir()
+            self._corpus = EncodedCorpus(self.corpus_path, cache, self._hp.val_fraction)
             if self._vocab is not None and self._corpus.vocab != self._vocab:
                 raise ValueError(
                     f"corpus {self.corpus_path} has {len(self._corpus.vocab)} characters, not the checkpoint's "
@@ -248,7 +253,7 @@ class CharDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if stage == "predict":
             return  # the prompts and the model's vocabulary are all predict needs
-        need = self.hparams.block_size + 1
+        need = self._hp.block_size + 1
         for name, n in (("train", self.corpus.n_train), ("val", self.corpus.n_val)):
             if n < need:
                 raise ValueError(
@@ -262,7 +267,7 @@ class CharDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_data is not None
-        self.train_stream = RandomWindows(self.train_data, self.hparams.block_size, self.hparams.batch_size)
+        self.train_stream = RandomWindows(self.train_data, self._hp.block_size, self._hp.batch_size)
         return StreamLoader(self.train_stream, batch_size=None)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -273,17 +278,17 @@ class CharDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_data is not None
-        ds = SequentialWindows(self.val_data, self.hparams.block_size, self.hparams.val_batch_size)
+        ds = SequentialWindows(self.val_data, self._hp.block_size, self._hp.val_batch_size)
         return DataLoader(ds, batch_size=None)
 
     # Tiny Shakespeare has no separate test split; `test` reports on the held-out validation text.
     test_dataloader = val_dataloader
 
     def predict_dataloader(self) -> DataLoader:
-        prompts = self.hparams.prompts or [self.vocab.default_prompt]
+        prompts = self._hp.prompts or [self.vocab.default_prompt]
         requests: list[dict[str, Any]] = [
             {"prompt": p, "sample": i, "sampling": self.sampling}
             for p in prompts
             for i in range(self.sampling.num_samples)
         ]
-        return DataLoader(requests, batch_size=None)
+        return DataLoader(requests, batch_size=None)  # type: ignore[arg-type]  # a list is a map-style dataset

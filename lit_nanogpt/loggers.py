@@ -179,7 +179,7 @@ def log_file_artifact(
     init_kwargs.setdefault("project", os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT)
     init_kwargs.setdefault("job_type", "export")
     mode = resolve_wandb_mode(init_kwargs.pop("mode", None))
-    with wandb.init(mode=mode, **init_kwargs) as run:
+    with wandb.init(mode=mode, **init_kwargs) as run:  # type: ignore[arg-type]  # one of wandb's modes
         run.log_artifact(artifact)
         if mode == "offline":
             rank_zero_info(f"W&B artifact saved offline; upload it later with: wandb sync {Path(run.dir).parent}")

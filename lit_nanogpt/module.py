@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
@@ -141,8 +142,8 @@ class LitGPT(L.LightningModule):
         return {"prompt": batch["prompt"], "sample": batch["sample"], **dataclasses.asdict(sampling), "text": text}
 
     # ---- optimization ----
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        hp: Any = self.hparams  # Lightning's AttributeDict
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
