@@ -133,7 +133,8 @@ def generate(
     # Sessions and kernels made and warmed here, before the seed and the timer: the timed loop is generation.
     run(idx, min(2, settings.max_new_tokens), **options)
     if onnx is not None and window != "half" and len(prompt) + settings.max_new_tokens > block_size:
-        exported.full(idx[:, -block_size:].cpu().numpy())  # the sliding-window graph, needed past block_size
+        window_ids = idx[:, -block_size:].cpu().numpy()  # the sliding-window graph, needed past block_size
+        exported.prefill_static(window_ids) if exported.cache == "static" else exported.full(window_ids)
     print(f"Loaded {onnx or checkpoint} in {time.perf_counter() - start:.2f} s", file=sys.stderr)
 
     def show(token: torch.Tensor) -> None:  # each character as it is drawn, as a terminal shows typing
