@@ -17,11 +17,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import TINY  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests.helpers
 from lit_nanogpt import CharDataModule, GPTConfig, LitGPT  # noqa: E402
 from lit_nanogpt.npu import DDPNPUStrategy, NPUAccelerator, NPUPrecision  # noqa: E402
+from tests.helpers import TINY  # noqa: E402
 
 
 def flat(module: torch.nn.Module) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from lit_nanogpt.cli import LitNanoGPTCLI, main
 from lit_nanogpt.model import GPTConfig
-from tests.conftest import FIXTURES, NANOGPT_BABY, ROOT, TINY, run_cli
+from tests.helpers import FIXTURES, NANOGPT_BABY, ROOT, TINY, run_cli
 
 REFERENCE_CURVE = FIXTURES / "tiny_loss_curve.json"
 

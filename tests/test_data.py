@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lit_nanogpt.data import SHIPPED_CORPUS, CharDataModule, EncodedCorpus, RandomWindows, SequentialWindows
-from tests.conftest import NANOGPT_BABY
+from tests.helpers import NANOGPT_BABY
 
 
 def test_vocabulary_matches_nanogpts_meta_and_round_trips() -> None:

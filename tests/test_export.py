@@ -43,8 +43,7 @@ from lit_nanogpt.export import (
 from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.module import LitGPT
 from lit_nanogpt.npu.atc import ATC_ONNX_OPS, AtcOptions, AtcRecord, AtcStatic, oldest_cann
-from lit_nanogpt.npu.om import ais_bench_available
-from tests.conftest import NANOGPT_BABY, ROOT, TINY, run_cli
+from tests.helpers import NANOGPT_BABY, ROOT, TINY, RunIf, run_cli
 
 EXPECTED = json.loads((NANOGPT_BABY / "expected.json").read_text())
 TOKENS_LINE = re.compile(r"^(\d+) tokens in [\d.]+ s \([\d.]+ tokens/s\)$", re.M)
@@ -755,7 +754,7 @@ def test_each_export_setting_is_defined_once(
 
 
 # ---- Ascend runtimes: gated ----
-@pytest.mark.skipif(not ais_bench_available(), reason="needs ais_bench and an Ascend NPU with CANN")
+@RunIf(ais_bench=True)
 def test_om_generation_on_ascend(baby: tuple[Path, Path], tmp_path: Path) -> None:  # pragma: no cover
     ckpt, _ = baby
     model, vocab = load_model(ckpt)
@@ -767,10 +766,7 @@ def test_om_generation_on_ascend(baby: tuple[Path, Path], tmp_path: Path) -> Non
     assert vocab.decode(exported.generate(idx, 200, temperature=0.0)[0]) == EXPECTED["greedy"]
 
 
-@pytest.mark.skipif(
-    "CANNExecutionProvider" not in ort.get_available_providers(),
-    reason="needs onnxruntime with the CANN execution provider and an Ascend NPU",
-)
+@RunIf(cann_provider=True)
 def test_cann_execution_provider(baby: tuple[Path, Path]) -> None:  # pragma: no cover
     _, folder = baby
     exported, backend = open_export(folder, backend="cann")

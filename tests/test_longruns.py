@@ -17,7 +17,7 @@ import torch
 
 from lit_nanogpt.cli import main
 from lit_nanogpt.text import umask
-from tests.conftest import ROOT, TINY
+from tests.helpers import ROOT, TINY, run
 
 EVERY = 10  # the periodic checkpoint's interval in these tests
 
@@ -259,12 +259,12 @@ def test_damaged_corpus_cache_is_detected_and_rebuilt(
 def tmpfs(path: Path, options: str) -> Iterator[Path]:
     """A small or read-only filesystem at ``path`` (needs root; skipped where mounting is not allowed)."""
     path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
+    if run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         yield path
     finally:
-        subprocess.run(["umount", str(path)], check=True)
+        run(["umount", str(path)], check=True)
 
 
 def error_line(capsys: pytest.CaptureFixture) -> str:

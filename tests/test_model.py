@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lit_nanogpt.model import GPT, GPTConfig, sample_next
-from tests.conftest import NANOGPT_BABY, TINY
+from tests.helpers import NANOGPT_BABY, TINY
 
 
 def tiny(**overrides) -> GPT:

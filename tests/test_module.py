@@ -8,7 +8,7 @@ import pytest
 
 from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.module import LitGPT, nanogpt_lr
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 LR, MIN_LR, WARMUP, DECAY = 1e-3, 1e-4, 100, 5000
 

@@ -4,19 +4,17 @@ subprocess, since torch's backend rename cannot be undone, and the real absence 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, RunIf, run_cli
 
 import lit_nanogpt
 from lit_nanogpt.cli import LitNanoGPTCLI
 from lit_nanogpt.npu import NPUAccelerator, NPUPrecision, SingleNPUStrategy, npu_available
+from tests.helpers import ROOT, RunIf, run_cli, run_python
 
 NPU_CONFIG = ROOT / "configs" / "shakespeare_char_npu.yaml"
 
@@ -25,14 +23,12 @@ NPU_CONFIG = ROOT / "configs" / "shakespeare_char_npu.yaml"
 def fake(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """What lit-nanogpt builds with a two-card fake NPU registered (one interpreter for all checks)."""
     cwd = tmp_path_factory.mktemp("fake_npu")  # the CLI may write relative paths: keep them out of the repo
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "fake_npu.py"), str(NPU_CONFIG)],
+    proc = run_python(
+        str(ROOT / "tests" / "fake_npu.py"),
+        str(NPU_CONFIG),
         cwd=cwd,
         # On an Ascend host torch would load the real torch_npu at `import torch`; the fake replaces it.
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -173,7 +169,7 @@ def test_no_npu_here_and_nothing_raises() -> None:
 def test_npu_package_imports_no_torch_npu_and_no_onnx() -> None:
     """The accelerator registration and the atc step stay cheap to import: the export's onnx comes only with it."""
     code = "import sys, lit_nanogpt.npu, lit_nanogpt.npu.atc; print(sorted({'onnx', 'torch_npu'} & set(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    done = run_python("-c", code, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
 
 from lit_nanogpt.cli import FIT_DEFAULTS, LitNanoGPTCLI
+from tests.helpers import ROOT
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 

@@ -12,24 +12,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_without_torch_npu
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from lit_nanogpt.checkpoint import load_model
 from lit_nanogpt.npu import DDPNPUStrategy, SingleNPUStrategy
+from tests.helpers import ROOT, run_python, run_without_torch_npu
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp_npu")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "ddp_npu_run.py"), str(out)],
+    proc = run_python(
+        str(ROOT / "tests" / "ddp_npu_run.py"),
+        str(out),
         cwd=out,
         # One thread per process, as in the two-node run: the weights are then compared bitwise.
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, TINY, RunIf, run_without_torch_npu
 
 from lit_nanogpt import CharDataModule, GPTConfig, LitGPT
 from lit_nanogpt.checkpoint import load_model
 from lit_nanogpt.npu import NPUAccelerator, NPUPrecision, SingleNPUStrategy
+from tests.helpers import ROOT, TINY, RunIf, run_python, run_without_torch_npu
 
 pytestmark = RunIf(npu=True)
 
@@ -112,15 +109,15 @@ def test_resume_a_cpu_written_checkpoint_on_the_npu(tmp_path: Path, scaler: str)
     assert after.shape == cpu_weights.shape and not torch.equal(after, cpu_weights)  # it went on training
 
 
-@pytest.mark.skipif(NPUAccelerator.auto_device_count() < 2, reason="needs 2 Ascend NPUs with torch_npu and CANN")
+@RunIf(min_npus=2)
 @pytest.mark.parametrize("autoload", ["0", "1"])  # 1: torch_npu loaded by `import torch`, as in users' scripts
 def test_ddp_step_on_two_npus(tmp_path: Path, autoload: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "ddp_npu_run.py"), str(tmp_path), "npu"],
+    proc = run_python(
+        str(ROOT / "tests" / "ddp_npu_run.py"),
+        str(tmp_path),
+        "npu",
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TORCH_DEVICE_BACKEND_AUTOLOAD": autoload},
-        capture_output=True,
-        text=True,
+        env={"PYTHONPATH": str(ROOT), "TORCH_DEVICE_BACKEND_AUTOLOAD": autoload},
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

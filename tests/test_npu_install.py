@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY
 
 from lit_nanogpt.npu.runtime import INSTALL_HINT
+from tests.helpers import ROOT, TINY, run_python
 
 NPU_CONFIG = ROOT / "configs" / "shakespeare_char_npu.yaml"
 CPU_CONFIG = ROOT / "configs" / "shakespeare_char_cpu.yaml"
@@ -50,12 +49,11 @@ def lit_nanogpt_command(*args: str, env: dict[str, str], cwd: Path) -> subproces
     (entry,) = re.findall(r'^lit-nanogpt = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
     module, function = entry.split(":")
     code = f"import sys; from {module} import {function}; sys.exit({function}())"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return run_python("-c", code, *args, cwd=cwd, env=env, inherit_env=False)
 
 
 def test_the_stand_in_breaks_import_torch_as_torch_npu_does(broken_host: dict[str, str], tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", "import torch"], env=broken_host, capture_output=True, text=True)
+    proc = run_python("-c", "import torch", env=broken_host, inherit_env=False)
     assert proc.returncode != 0
     assert "Failed to load the backend extension: torch_npu" in proc.stderr and CANN_MISSING in proc.stderr
 
@@ -92,8 +90,7 @@ def test_torch_npu_for_another_torch_is_named_before_it_is_imported(tmp_path: Pa
     """torch_npu 2.9.0 next to torch 2.13: named with both versions; importing it would crash or worse."""
     env = host_with_torch_npu(tmp_path / "site", "2.9.0.post9")
     code = "from lit_nanogpt.npu.runtime import missing_npu_message; print(missing_npu_message())"
-    proc = subprocess.run([sys.executable, "-c", code], env={**env, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"},
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = run_python("-c", code, env={**env, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}, inherit_env=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     message = proc.stdout.strip()
     assert f"torch_npu 2.9.0.post9 is made for torch 2.9.0, but torch is {torch.__version__}" in message

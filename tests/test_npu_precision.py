@@ -9,12 +9,12 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from conftest import TINY
 from fake_npu import VendorGradScaler
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from lit_nanogpt import CharDataModule, GPTConfig, LitGPT
 from lit_nanogpt.npu import NPUPrecision
+from tests.helpers import TINY
 
 INIT_SCALE = 1024.0  # low enough that the tiny model never overflows by itself in fp16
 INF_STEP = 12  # the optimizer step whose gradients get an inf

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+
+from tests.helpers import ROOT, run, run_python
 
 IMPORTS = "from lit_nanogpt.callbacks import OnnxExport; print(OnnxExport.__module__)"
 
 
 def _python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env={**env} or None, capture_output=True, text=True)
+    return run_python("-c", code, cwd=cwd, env=env, inherit_env=not env)
 
 
 def test_installed_callbacks_live_in_the_project_namespace(tmp_path: Path) -> None:
@@ -30,12 +30,11 @@ def test_wheel_holds_only_lit_nanogpt(tmp_path: Path) -> None:
     """``pip install .`` builds this wheel: one top-level package, the callbacks folder inside it."""
     # Built from a copy of the tracked files, so setuptools' build/ folder never lands in the checkout.
     src = tmp_path / "src"
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    tracked = run(["git", "ls-files"], cwd=ROOT, check=True).stdout
     for name in tracked.split():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
-                   check=True, capture_output=True, text=True)  # fmt: skip
+    run_python("-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src), check=True)
     (wheel,) = tmp_path.glob("lit_nanogpt-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
@@ -49,8 +48,7 @@ def test_wheel_holds_only_lit_nanogpt(tmp_path: Path) -> None:
     assert {n.split("/")[0] for n in names if not n.endswith(".dist-info/" + n.rsplit("/", 1)[-1])} == {"lit_nanogpt"}
     # Installed from the wheel alone, away from the checkout.
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True, text=True)  # fmt: skip
+    run_python("-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel), check=True)
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
     code = f"import lit_nanogpt; assert lit_nanogpt.__file__.startswith({str(site)!r}); " + IMPORTS
     done = _python(code, tmp_path, **env)

@@ -19,7 +19,7 @@ import torch
 
 from lit_nanogpt.checkpoint import AtomicCheckpointIO, import_nanogpt, read_nanogpt_meta
 from lit_nanogpt.cli import main
-from tests.conftest import NANOGPT_BABY, TINY, run_cli
+from tests.helpers import NANOGPT_BABY, TINY, run_cli
 
 NAMED = f"{os.system.__module__}.system"  # what the bait's pickle names: posix.system on Linux and macOS
 UNSAFE_ENV = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import NANOGPT_BABY, ROOT, TINY, run_cli
+from tests.helpers import NANOGPT_BABY, ROOT, TINY, RunIf, run_cli
 
 CPU_CONFIG = ROOT / "configs/shakespeare_char_cpu.yaml"
 
@@ -26,7 +26,7 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@RunIf(without_cuda=True)
 def test_cuda_accelerator_without_cuda_is_one_line() -> None:
     line = one_error_line(
         run_cli(

@@ -7,7 +7,6 @@ import math
 import os
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,13 +16,13 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY
 from lit_nanogpt.callbacks.loss_curve import LossCurve
 from lit_nanogpt.callbacks.metrics import PEAK_FLOPS, TrainingMetrics, peak_flops_for
 
 from lit_nanogpt.cli import FIT_DEFAULTS, LitNanoGPTCLI
 from lit_nanogpt.loggers import AutoWandbLogger, log_file_artifact, resolve_wandb_mode, wandb_credentials_found
 from lit_nanogpt.model import GPT, GPTConfig
+from tests.helpers import ROOT, TINY, run_python
 
 MAX_STEPS, VAL_EVERY, LOG_EVERY, NEW_TOKENS = 8, 4, 2, 20
 PEAK = 1e12  # CPUs have no entry in PEAK_FLOPS; a given peak makes the CPU run log mfu too
@@ -372,11 +371,9 @@ def test_default_run_goes_offline_without_credentials(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k not in ("NETRC",)}
     env.update(HOME=str(tmp_path / "home"), WANDB_DIR=str(tmp_path / "wandb_dir"), PYTHONPATH=str(ROOT))
     (tmp_path / "home").mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "lit_nanogpt.cli", "fit", "--config", str(config), "--trainer.max_steps", "2",
-         "--trainer.val_check_interval", "2"],  # fmt: skip
-        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    args = ["fit", "--config", str(config), "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]
+    proc = run_python("-m", "lit_nanogpt", *args, cwd=tmp_path, env=env, inherit_env=False,
+                      stdin=subprocess.DEVNULL, timeout=180)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "wandb_dir" / "wandb").glob("offline-run-*")
     assert f"W&B run saved offline; upload it later with: wandb sync {run_dir}" in proc.stderr + proc.stdout
