@@ -78,6 +78,17 @@ class RunIf:
         return pytest.mark.skipif(bool(reasons), reason=" and ".join(reasons))
 
 
+def export_baby(folder: Path, int8: bool) -> tuple[Path, Path]:
+    """nanoGPT's baby checkpoint imported into ``folder``, and its ONNX export (no atc): (checkpoint, export folder)."""
+    from lit_nanogpt.checkpoint import import_nanogpt, load_model
+    from lit_nanogpt.export import ExportSettings, export_model
+
+    ckpt = import_nanogpt(NANOGPT_BABY / "ckpt.pt", NANOGPT_BABY / "meta.pkl", folder / "baby.ckpt")
+    model, vocab = load_model(ckpt)
+    export_model(model, vocab, folder / "export", ExportSettings(int8=int8, atc=None), source=str(ckpt))
+    return ckpt, folder / "export"
+
+
 def run(
     args: Sequence[str],
     cwd: Path | None = None,

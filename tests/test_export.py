@@ -26,7 +26,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lit_nanogpt.callbacks import OnnxExport
 
-from lit_nanogpt.checkpoint import import_nanogpt, load_model
+from lit_nanogpt.checkpoint import load_model
 from lit_nanogpt.cli import main
 from lit_nanogpt.data import CharDataModule, Vocabulary
 from lit_nanogpt.export import (
@@ -43,7 +43,7 @@ from lit_nanogpt.export import (
 from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.module import LitGPT
 from lit_nanogpt.npu.atc import ATC_ONNX_OPS, AtcOptions, AtcRecord, AtcStatic, oldest_cann
-from tests.helpers import NANOGPT_BABY, ROOT, TINY, RunIf, run_cli
+from tests.helpers import NANOGPT_BABY, ROOT, TINY, RunIf, export_baby, run_cli
 
 EXPECTED = json.loads((NANOGPT_BABY / "expected.json").read_text())
 TOKENS_LINE = re.compile(r"^(\d+) tokens in [\d.]+ s \([\d.]+ tokens/s\)$", re.M)
@@ -52,11 +52,7 @@ TOKENS_LINE = re.compile(r"^(\d+) tokens in [\d.]+ s \([\d.]+ tokens/s\)$", re.M
 @pytest.fixture(scope="module")
 def baby(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The baby checkpoint and its export (fp32 + int8, no atc), made once for the module."""
-    tmp = tmp_path_factory.mktemp("baby_export")
-    ckpt = import_nanogpt(NANOGPT_BABY / "ckpt.pt", NANOGPT_BABY / "meta.pkl", tmp / "baby.ckpt")
-    model, vocab = load_model(ckpt)
-    export_model(model, vocab, tmp / "export", ExportSettings(int8=True, atc=None), source=str(ckpt))
-    return ckpt, tmp / "export"
+    return export_baby(tmp_path_factory.mktemp("baby_export"), int8=True)
 
 
 def _atc_calls(bin_dir: Path) -> dict[str, dict[str, str]]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import NANOGPT_BABY, ROOT, TINY, RunIf, run_cli
+from tests.helpers import NANOGPT_BABY, ROOT, TINY, RunIf, export_baby, run_cli
 
 CPU_CONFIG = ROOT / "configs/shakespeare_char_cpu.yaml"
 
@@ -150,14 +150,7 @@ def test_predict_needs_only_the_checkpoint_and_validate_names_the_corpus_it_need
 @pytest.fixture(scope="module")
 def baby_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """nanoGPT's baby checkpoint, imported, and its ONNX export: (checkpoint, export folder)."""
-    from lit_nanogpt.checkpoint import import_nanogpt, load_model
-    from lit_nanogpt.export import ExportSettings, export_model
-
-    tmp = tmp_path_factory.mktemp("baby")
-    ckpt = import_nanogpt(NANOGPT_BABY / "ckpt.pt", NANOGPT_BABY / "meta.pkl", tmp / "baby.ckpt")
-    model, vocab = load_model(ckpt)
-    export_model(model, vocab, tmp / "export", ExportSettings(int8=False, atc=None), source=str(ckpt))
-    return ckpt, tmp / "export"
+    return export_baby(tmp_path_factory.mktemp("baby"), int8=False)
 
 
 @pytest.mark.parametrize("backend", ["--checkpoint", "--onnx"])
