@@ -173,6 +173,9 @@ def _export_graph(
     dynamic_axes: dict[str, dict[int, str]],
     opset: int,
 ) -> None:
+    # torch.onnx.export traces in eval mode, then gives every submodule the wrapper's mode: a wrapper left in
+    # train mode (nn.Module's default) would turn the model's dropout on for what follows (the parity check).
+    module.eval()
     with warnings.catch_warnings():
         # The length check in forward_cached becomes a constant in the trace; the graphs' shapes keep it true.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
