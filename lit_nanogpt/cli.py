@@ -252,11 +252,12 @@ class RunFolder:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            # Empty when the holder has the lock but has not written its pid yet (two fits started together).
+            holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
             raise ValueError(
-                f"another fit (pid {holder}) is running in {self.root}: wait for it to end, or pass another "
-                "--trainer.default_root_dir"
+                f"another fit{f' (pid {holder})' if holder else ''} is running in {self.root}: wait for it to end, "
+                "or pass another --trainer.default_root_dir"
             ) from None
         self._fd = fd
         os.ftruncate(fd, 0)
@@ -285,6 +286,7 @@ class RunFolder:
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # no pid of an ended fit for the next one's refusal to name
             os.close(self._fd)  # releases the lock; the empty file stays, harmless
             self._fd = None
 
