@@ -1,5 +1,6 @@
-"""Long runs: exact resume after SIGKILL, SIGTERM and SIGINT, non-finite losses, damaged caches, run folders, full
-and read-only disks. Real ``lit-nanogpt fit`` processes where a signal is the point, in-process fits elsewhere."""
+"""Long runs: exact resume after SIGKILL (one process and two DDP ranks), SIGTERM and SIGINT, non-finite losses,
+damaged caches, run folders (two fits started together into one), full and read-only disks. Real ``lit-nanogpt fit``
+processes where a signal, DDP or a race is the point, in-process fits elsewhere."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 from lit_nanogpt.cli import main
 from lit_nanogpt.text import umask
-from tests.helpers import ROOT, TINY, run
+from tests.helpers import ROOT, TINY, run, run_cli
 
 EVERY = 10  # the periodic checkpoint's interval in these tests
 
@@ -128,6 +129,56 @@ def test_sigkill_then_resume_ends_bitwise_identical(reference: dict, callbacks_c
     assert_same_training_state(load(last), reference)
 
 
+# Two CPU processes over gloo: Lightning's launcher starts rank 1 as a child of rank 0, in its session.
+DDP = ("--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.val_check_interval=20")
+DDP_STEPS = 40
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two processes on two shared cores
+
+
+def tensors(tree: object, root: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint, by its path of keys (the run folder in them as ROOT): weights, optimizer
+    moments, RNG states, metric states, best_k_models' scores."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix.replace(str(root), "ROOT"): tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    return {path: t for k, v in items for path, t in tensors(v, root, f"{prefix}/{k}").items()}
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory: pytest.TempPathFactory, callbacks_config: Path) -> dict[str, torch.Tensor]:
+    root = tmp_path_factory.mktemp("ddp_reference")
+    done = run_cli(*fit_args(root, callbacks_config, DDP_STEPS, *DDP), env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return tensors(load(root / "checkpoints" / "last.ckpt"), root)
+
+
+def test_ddp_sigkill_of_both_ranks_then_resume_ends_bitwise_identical(
+    ddp_reference: dict[str, torch.Tensor], callbacks_config: Path, tmp_path: Path
+) -> None:
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    proc = start_fit(fit_args(tmp_path, callbacks_config, DDP_STEPS, *DDP))
+    wait_for(last, proc)
+    time.sleep(0.05)  # mid-way between checkpoints
+    os.killpg(proc.pid, signal.SIGKILL)  # rank 0 and rank 1 at once, as a lost machine or an OOM killer would
+    proc.wait()
+    killed_at = load(last)["global_step"]
+    assert 0 < killed_at < DDP_STEPS, "the run ended before it was killed: make it longer"
+    done = run_cli(*fit_args(tmp_path, callbacks_config, DDP_STEPS, *DDP, "--ckpt_path", "last"), env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr[-4000:]
+    resumed = load(last)
+    assert resumed["global_step"] == DDP_STEPS
+    assert resumed["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"seed": 1337, "consumed": DDP_STEPS, "batch_size": 12}
+    ]
+    # Each rank's own windows after the resume: rank 1 drawing rank 0's (or its first ones again) changes the
+    # all-reduced gradients, and with them every weight below.
+    got, want = tensors(resumed, tmp_path), ddp_reference
+    assert got.keys() == want.keys()
+    assert {key.split("/")[1] for key in want} == {"state_dict", "optimizer_states", "rng_states", "callbacks"}
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key  # bitwise
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_at_a_step_saves_last_and_resumes_exactly(
     reference: dict, callbacks_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture, signum: signal.Signals
@@ -152,6 +203,47 @@ def test_signal_stops_at_a_step_saves_last_and_resumes_exactly(
     assert "Traceback" not in stderr
     assert main(fit_args(tmp_path, callbacks_config, STEPS, "--ckpt_path", "last")) == 0
     assert_same_training_state(load(last), reference)
+
+
+def test_two_fits_started_together_into_one_folder_one_trains_and_the_other_is_refused(
+    callbacks_config: Path, tmp_path: Path
+) -> None:
+    from lit_nanogpt.checkpoint import load_model
+    from lit_nanogpt.cli import LitNanoGPTCLI
+    from lit_nanogpt.export import ExportedGPT
+
+    config = tmp_path / "with_export.yaml"
+    config.write_text(callbacks_config.read_text() + "    - class_path: lit_nanogpt.callbacks.OnnxExport\n")
+    root = tmp_path / "run"
+    procs = [start_fit(fit_args(root, config, STEPS)) for _ in range(2)]  # one command, typed twice at once
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    by_status = {proc.returncode: (proc, out) for proc, out in zip(procs, outputs, strict=True)}
+    assert sorted(by_status) == [0, 1], [err[-3000:] for _, (_, err) in by_status.values()]
+    winner, (stdout, _) = by_status[0]
+    _, (_, refused) = by_status[1]
+    # The loser: one line naming the folder, the holder and the way out; nothing of it in the folder.
+    fix = f"is running in {root}: wait for it to end, or pass another --trainer.default_root_dir"
+    lines = [ln for ln in refused.splitlines() if ln.startswith("lit-nanogpt:")]
+    assert lines in ([f"lit-nanogpt: error: another fit (pid {winner.pid}) {fix}"],
+                     [f"lit-nanogpt: error: another fit {fix}"])  # fmt: skip  # (before the winner wrote its pid)
+    assert "Traceback" not in refused
+    assert sorted(p.name for p in root.iterdir()) == [".lit-nanogpt.lock", "checkpoints", "config.yaml", "export"]
+    assert (root / ".lit-nanogpt.lock").read_text() == ""  # the winner ended: no pid left to name
+    # The winner: the best checkpoint it printed scores the val_loss it printed, and the export holds its weights.
+    best = root / "checkpoints" / "best.ckpt"
+    (line,) = [ln for ln in stdout.splitlines() if ln.startswith("Best checkpoint: ")]
+    printed = float(line.split("(val_loss=")[1].rstrip(")"))
+    assert line == f"Best checkpoint: {best} (val_loss={printed:.4f})"
+    cli = LitNanoGPTCLI(args=["validate", f"--ckpt_path={best}", "--trainer.limit_val_batches=2",
+                              "--trainer.enable_progress_bar=false"])  # fmt: skip
+    assert cli.trainer.callback_metrics["val_loss"].item() == pytest.approx(printed, abs=5e-5)
+    exported = ExportedGPT(root / "export")
+    assert exported.manifest.source == str(best)
+    model, vocab = load_model(best)
+    ctx = torch.from_numpy(vocab.encode("ROMEO:"))[None]  # (1, T)
+    with torch.no_grad():
+        logits = model(ctx)[0][:, -1]  # (1, V)
+    torch.testing.assert_close(torch.from_numpy(exported.full(ctx.numpy())), logits, rtol=0, atol=1e-4)
 
 
 def test_resume_refuses_another_model_or_corpus(
