@@ -111,12 +111,21 @@ def generate(
         vocab, block_size = exported.vocab, exported.block_size
         run: Callable[..., torch.Tensor] = exported.generate
         target = torch.device("cpu")
+
+        def slide(window: torch.Tensor) -> None:  # what a token past block_size runs (--window exact)
+            ids = window.numpy()
+            exported.prefill_static(ids) if exported.cache == "static" else exported.full(ids)
     else:
         assert checkpoint is not None  # exactly one of the two, checked above
         model, vocab = load_model(checkpoint)
         target = torch_device(device)
         model.to(target)
         block_size, run = model.config.block_size, model.generate
+
+        def slide(window: torch.Tensor) -> None:
+            with torch.no_grad():
+                model(window)
+
     if prompt is None:
         prompt = vocab.default_prompt
     if missing := vocab.unknown(prompt):
@@ -130,11 +139,12 @@ def generate(
     options: dict[str, Any] = {"temperature": settings.temperature, "top_k": settings.top_k, "use_cache": use_cache}
     if onnx is not None:
         options["window"] = window
-    # Sessions and kernels made and warmed here, before the seed and the timer: the timed loop is generation.
-    run(idx, min(2, settings.max_new_tokens), **options)
-    if onnx is not None and window != "half" and len(prompt) + settings.max_new_tokens > block_size:
-        window_ids = idx[:, -block_size:].cpu().numpy()  # the sliding-window graph, needed past block_size
-        exported.prefill_static(window_ids) if exported.cache == "static" else exported.full(window_ids)
+    # Warm-up, before the timer: one short run through every graph generation will use (onnxruntime
+    # builds its sessions on first use; PyTorch allocates on a shape's first run), so that the tokens/s
+    # line times generation alone. It draws before torch.manual_seed: a seeded sample is unchanged.
+    run(idx, min(2, settings.max_new_tokens), **options)  # prefill and one decode step (or the full graph)
+    if len(prompt) + settings.max_new_tokens - 1 > block_size:  # some token will see a full, sliding window
+        slide(torch.zeros(1, block_size, dtype=torch.long, device=target))  # at the shape the timed tokens use
     print(f"Loaded {onnx or checkpoint} in {time.perf_counter() - start:.2f} s", file=sys.stderr)
 
     def show(token: torch.Tensor) -> None:  # each character as it is drawn, as a terminal shows typing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import io
 import json
 import os
 import re
@@ -40,9 +41,10 @@ from lit_nanogpt.export import (
     onnxrt,
     open_export,
 )
-from lit_nanogpt.model import GPTConfig
+from lit_nanogpt.model import GPT, GPTConfig
 from lit_nanogpt.module import LitGPT
 from lit_nanogpt.npu.atc import ATC_ONNX_OPS, AtcOptions, AtcRecord, AtcStatic, oldest_cann
+from lit_nanogpt.sampling import SEPARATOR
 from tests.helpers import NANOGPT_BABY, ROOT, TINY, RunIf, export_baby, run_cli
 
 EXPECTED = json.loads((NANOGPT_BABY / "expected.json").read_text())
@@ -199,6 +201,94 @@ def test_static_pair_has_fixed_shapes_and_atc_ops_at_its_opset(baby: tuple[Path,
     for name in ("full", "prefill", "decode", *STATIC):
         assert oldest_cann(manifest.graphs[name].ops, 15) == "7.0", name
         assert oldest_cann(manifest.graphs[name].ops, 13) == "5.0", name
+
+
+# ---- generate: what its tokens/s line times ----
+# Options of `generate`, and the graphs its timed loop runs for 80 tokens after "ROMEO:" (past block_size=64):
+# "window" marks a block_size-long input, the sliding window every token past block_size runs.
+TIMED_GRAPHS = {
+    "pytorch": ([], {"prefill", "decode", "forward window"}),
+    "pytorch_no_cache": (["--use_cache", "false"], {"forward", "forward window"}),
+    "onnx": ([], {"prefill", "decode", "full window"}),
+    "onnx_int8": (["--int8", "true"], {"prefill", "decode", "full window"}),
+    "onnx_static": (["--cache", "static"], {"prefill_static window", "decode_static"}),
+    "onnx_half": (["--window", "half"], {"prefill", "decode"}),
+    "onnx_no_cache": (["--use_cache", "false"], {"full window"}),  # full.onnx takes block_size, right-padded
+}
+
+
+@pytest.mark.parametrize("case", TIMED_GRAPHS)
+def test_cli_generate_warms_every_graph_before_the_timer(
+    baby: tuple[Path, Path], case: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every onnxruntime session is built, and every graph run once at the shape the tokens use, before
+    the first character is printed (the timer starts there): the tokens/s line times generation alone."""
+    ckpt, folder = baby
+    events: list[str] = []
+    gpt_forward, gpt_forward_cached = GPT.forward, GPT.forward_cached
+    onnx_run, onnx_session = ExportedGPT._run, onnxrt._session
+
+    def label(graph: str, idx: torch.Tensor | np.ndarray) -> str:
+        return f"{graph} window" if idx.shape[1] == 64 else graph  # the baby model's block_size
+
+    def forward(self: GPT, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        events.append(label("forward", idx))
+        return gpt_forward(self, idx, targets)
+
+    def forward_cached(self: GPT, idx: torch.Tensor, past=None):
+        events.append("prefill" if past is None else "decode")
+        return gpt_forward_cached(self, idx, past)
+
+    def run(self: ExportedGPT, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        events.append(label(graph, feeds["idx"]))
+        return onnx_run(self, graph, feeds)
+
+    def session(path: Path, *args):
+        events.append(f"session {Path(path).name}")
+        return onnx_session(path, *args)
+
+    class Stdout(io.StringIO):
+        def write(self, text: str) -> int:
+            events.append("print")
+            return super().write(text)
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    monkeypatch.setattr(GPT, "forward_cached", forward_cached)
+    monkeypatch.setattr(ExportedGPT, "_run", run)
+    monkeypatch.setattr(onnxrt, "_session", session)
+    monkeypatch.setattr(sys, "stdout", stdout := Stdout())
+    source = ["--checkpoint", str(ckpt)] if case.startswith("pytorch") else ["--onnx", str(folder)]
+    options, timed = TIMED_GRAPHS[case]
+    args = ["generate", *source, *options, "--prompt", "ROMEO:", "--max_new_tokens", "80", "--temperature", "0"]
+    assert main(args) == 0
+    first = events.index("print")
+    after = {e for e in events[first:] if e != "print"}
+    assert after == timed
+    assert after <= set(events[:first]), f"first run inside the timed loop: {after - set(events[:first])}"
+    assert len(stdout.getvalue()) == len("ROMEO:") + 80 + len("\n" + SEPARATOR + "\n")
+    if case not in ("onnx_int8", "onnx_half"):  # both may pick other tokens past block_size
+        assert stdout.getvalue() == EXPECTED["greedy"][:86] + "\n" + SEPARATOR + "\n"  # the same text as nanoGPT
+    loaded, timing = capsys.readouterr().err.splitlines()[-2:]
+    assert re.fullmatch(rf"Loaded {re.escape(source[1])} in \d+\.\d\d s", loaded)
+    assert TOKENS_LINE.fullmatch(timing).group(1) == "80"
+
+
+@pytest.mark.parametrize("source", ["--checkpoint", "--onnx"])
+def test_cli_generate_warm_up_leaves_seeded_samples_alone(
+    baby: tuple[Path, Path], source: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The warm-up samples before ``torch.manual_seed(seed)``: the printed samples are those of ``generate``
+    called straight after the seed, as nanoGPT's sample.py does (and as this command did before it warmed up)."""
+    ckpt, folder = baby
+    args = ["--prompt", "ROMEO:", "--max_new_tokens", "70", "--temperature", "0.8", "--top_k", "20"]
+    assert main(["generate", source, str(ckpt if source == "--checkpoint" else folder), *args,
+                 "--num_samples", "2", "--seed", "7"]) == 0  # fmt: skip
+    model, vocab = load_model(ckpt)
+    sampler = model if source == "--checkpoint" else ExportedGPT(folder)
+    idx = torch.from_numpy(vocab.encode("ROMEO:"))[None]
+    torch.manual_seed(7)
+    samples = [vocab.decode(sampler.generate(idx, 70, temperature=0.8, top_k=20)[0]) for _ in range(2)]
+    assert capsys.readouterr().out == "".join(f"{sample}\n{SEPARATOR}\n" for sample in samples)
 
 
 def test_cli_generate_static_cache_is_pytorchs(baby: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
