@@ -16,6 +16,13 @@ from lit_nanogpt.text import Vocabulary, atomic_open
 
 # The fields that build the network; the rest of LitGPT's hyperparameters are for training.
 ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
+# Options added after the first checkpoints (the speed-run options): one written before them lacks them
+# and is nanoGPT's architecture, which is what their defaults build.
+LATER_ARCH_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(GPTConfig)
+    if f.name in ("rotary", "qk_norm", "mlp_activation", "tie_weights")
+}
 _ORIG_MOD = "_orig_mod."  # what torch.compile leaves in front of every key
 
 
@@ -64,6 +71,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not missing:
         ckpt["hyper_parameters"] = nest_arch(ckpt["hyper_parameters"])
         arch = ckpt["hyper_parameters"].get("arch")
+        if isinstance(arch, dict):  # filled in here, so a resumed fit compares them with what it is asked for
+            arch = ckpt["hyper_parameters"]["arch"] = {**LATER_ARCH_DEFAULTS, **arch}
         missing += [f"hyper_parameters.arch.{k}" for k in ARCH_FIELDS if not isinstance(arch, dict) or k not in arch]
     if missing:
         raise ValueError(

@@ -4,6 +4,11 @@ The architecture and the parameter names follow nanoGPT's ``model.py`` so that a
 loads with a plain ``load_state_dict``: pre-norm blocks, causal self-attention, a 4x GELU MLP,
 learned position embeddings and an output head tied to the token embedding.
 
+``GPTConfig`` also holds options that speed-run work on nanoGPT (modded-nanogpt) found to train
+faster: rotary position embeddings, RMS-normalised queries and keys, a ReLU-squared MLP and an
+untied, zero-initialised output head. Each is off by default, and off it changes nothing: the same
+parameters, initial draws and state-dict keys as nanoGPT.
+
 Two paths run the same weights:
 
 * ``forward`` is the training path. It uses fused ``scaled_dot_product_attention`` with
@@ -25,6 +30,9 @@ from torch.nn import functional as F
 
 # One (key, value) pair per layer, each (B, n_head, T_past, head_size).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+# The rotary angles' (cos, sin) at the positions of one call, each (T, head_size // 2).
+Rope = tuple[torch.Tensor, torch.Tensor]
+MLP_ACTIVATIONS = ("gelu", "relu2")
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,12 @@ class GPTConfig:
         n_embd: Width of the residual stream.
         dropout: Dropout probability on attention weights and residual branches (training only).
         bias: Biases in Linear layers and LayerNorms, as GPT-2 has; ``False`` is a little better and faster.
+        rotary: Rotary position embeddings (RoPE, base 10000) on each head's queries and keys instead of
+            the learned position table, which the model then lacks (no ``transformer.wpe``).
+        qk_norm: RMS-normalise each head's queries and keys (no learned gain) before attention.
+        mlp_activation: The MLP's nonlinearity: ``"gelu"`` (GPT-2) or ``"relu2"`` (ReLU squared).
+        tie_weights: The output head shares the token embedding's weights (GPT-2); ``False`` gives
+            ``lm_head`` its own, initialised to zero so that training starts from uniform predictions.
     """
 
     block_size: int = 1024
@@ -49,6 +63,10 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
+    rotary: bool = False
+    qk_norm: bool = False
+    mlp_activation: str = "gelu"
+    tie_weights: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -60,6 +78,13 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.mlp_activation not in MLP_ACTIVATIONS:
+            raise ValueError(f"mlp_activation={self.mlp_activation!r} is not one of {', '.join(MLP_ACTIVATIONS)}")
+        if self.rotary and (self.n_embd // self.n_head) % 2:
+            raise ValueError(
+                f"rotary needs an even head size, not n_embd // n_head = {self.n_embd // self.n_head}: "
+                "pick n_embd a multiple of 2 * n_head"
+            )
 
 
 # nanoGPT's Shakespeare-char model (config/train_shakespeare_char.py): 10.65M parameters.
@@ -78,24 +103,57 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+def rotary_tables(block_size: int, head_size: int, base: float = 10000.0) -> Rope:
+    """cos and sin of the rotary angles, each (block_size, head_size // 2): position times base^(-2i/head_size)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (hs/2,)
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # (block_size, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Rotate each pair (``x[..., i]``, ``x[..., i + hs/2]``) of ``x`` (B, nh, T, hs) by its position's angle.
+
+    The halves layout (GPT-NeoX's, modded-nanogpt's) needs two slices and a concat, no interleaving
+    reshape; a dot product of two rotated vectors depends only on their positions' difference.
+    """
+    cos, sin = (t.to(x.dtype) for t in rope)  # (T, hs/2): under autocast q and k are half precision
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (B, nh, T, hs)
+
+
+def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``x`` divided by its root mean square over the last dimension.
+
+    Written out rather than ``F.rms_norm``: torch's TorchScript exporter has no ONNX for
+    ``aten::rms_norm`` at opset 15 (RMSNormalization is opset 23); this exports as Pow, ReduceMean,
+    Add, Sqrt and Div, ops atc parses at opset 15 and 13.
+    """
+    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
         # query, key and value projections for all heads, in one matmul
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, x: torch.Tensor, rope: Rope | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.qk_norm:  # bounds the attention logits, so a higher learning rate stays stable
+            q, k = rms_norm(q), rms_norm(k)
+        if rope is not None:  # the cache then holds rotated keys; rotation keeps the RMS, so the order is free
+            q, k = apply_rotary(q, rope), apply_rotary(k, rope)
         return q, k, v
 
     def _merge(self, y: torch.Tensor) -> torch.Tensor:
@@ -103,8 +161,8 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * hs)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._qkv(x)
+    def forward(self, x: torch.Tensor, rope: Rope | None = None) -> torch.Tensor:
+        q, k, v = self._qkv(x, rope)
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )  # (B, nh, T, hs)
@@ -116,13 +174,15 @@ class CausalSelfAttention(nn.Module):
         past: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor,
         slot: torch.Tensor | None = None,
+        rope: Rope | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Attend from the new positions in ``x`` to ``past`` and themselves; ``mask`` is (T, T_past + T).
 
         With ``slot`` (1, 1, S, 1) bool, ``past`` is a fixed-size cache of S positions and the one new
         key and value are written where ``slot`` is true instead of appended (``mask`` is then (1, S)).
+        ``rope`` holds the rotary angles of the new positions, not of the cache's.
         """
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x, rope)
         if past is not None and slot is not None:
             k = torch.where(slot, k, past[0])  # (B, nh, S, hs)
             v = torch.where(slot, v, past[1])
@@ -133,16 +193,23 @@ class CausalSelfAttention(nn.Module):
         return self._merge(y), (k, v)
 
 
+class ReLUSquared(nn.Module):
+    """relu(x)^2, the MLP nonlinearity of modded-nanogpt (found by the Primer architecture search)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.act = nn.GELU() if config.mlp_activation == "gelu" else ReLUSquared()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -153,8 +220,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, rope: Rope | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope)
         return x + self.mlp(self.ln_2(x))
 
     def forward_cached(
@@ -163,8 +230,9 @@ class Block(nn.Module):
         past: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor,
         slot: torch.Tensor | None = None,
+        rope: Rope | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        a, present = self.attn.forward_cached(self.ln_1(x), past, mask, slot)
+        a, present = self.attn.forward_cached(self.ln_1(x), past, mask, slot, rope)
         x = x + a
         return x + self.mlp(self.ln_2(x)), present
 
@@ -173,27 +241,35 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, bias=config.bias),
-            )
+        # Built in nanoGPT's order: each constructor draws its default init, which shifts every later draw.
+        modules: dict[str, nn.Module] = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if not config.rotary:  # rotary positions live in attention: no table
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
         )
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying: the output head reuses the token embedding (nanoGPT, GPT-2).
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_weights:
+            # Weight tying: the output head reuses the token embedding (nanoGPT, GPT-2).
+            self.transformer.wte.weight = self.lm_head.weight
         # Not persistent: nanoGPT's state dict has no such buffer and must load as it is.
         causal = torch.ones(config.block_size, config.block_size, dtype=torch.bool).tril()
         self.register_buffer("causal_mask", causal, persistent=False)
+        if config.rotary:  # not persistent either: computed from the config, and checkpoints stay weights only
+            cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
 
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if not config.tie_weights:  # modded-nanogpt's zero head: every logit starts at 0, the loss at ln(vocab_size)
+            torch.nn.init.zeros_(self.lm_head.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -204,17 +280,25 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def get_num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count as nanoGPT reports it: tied weights once, position embeddings left out."""
+        """Parameter count as nanoGPT reports it: tied weights once, lookup tables left out.
+
+        The tables are the position embedding (none with ``rotary``) and, when the head is untied, the
+        token embedding: tied, its weights are also the head's matmul, so nanoGPT counts them.
+        """
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n_params -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n_params -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_weights:
+                n_params -= self.transformer.wte.weight.numel()
         return n_params
 
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per token, forward and backward, at context ``seq_len``: nanoGPT's ``estimate_mfu``.
 
         6 per parameter (PaLM appendix B) plus attention's 12 per layer, head, head dimension and
-        position attended to; the causal mask is not discounted.
+        position attended to; the causal mask is not discounted. Elementwise work (norms, rotary,
+        activations) is left out, as nanoGPT leaves out LayerNorm's.
         """
         cfg = self.config
         return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * seq_len
@@ -226,6 +310,17 @@ class GPT(nn.Module):
                 "crop it to the last block_size tokens"
             )
 
+    def embed(self, idx: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, Rope | None]:
+        """Embeddings (B, T, C) of ``idx`` (B, T) at positions ``pos`` (T,), and the rotary angles there.
+
+        Learned positions are added here; rotary ones are returned for attention to apply, taken from
+        the table by ``pos`` (a Gather in ONNX), so a cache or a static graph's ``pos`` input places them.
+        """
+        if self.config.rotary:
+            rope = (self.rope_cos.index_select(0, pos), self.rope_sin.index_select(0, pos))  # (T, hs/2) each
+            return self.transformer.wte(idx), rope  # (B, T, C)
+        return self.transformer.wte(idx) + self.transformer.wpe(pos), None  # (B, T, C)
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -236,9 +331,10 @@ class GPT(nn.Module):
         _, t = idx.shape  # (B, T)
         self._check_length(t)
         pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x, rope = self.embed(idx, pos)
+        x = self.transformer.drop(x)  # (B, T, C)
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, rope)
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None  # (B, 1, V)
@@ -256,10 +352,10 @@ class GPT(nn.Module):
         self._check_length(t_past + t)
         pos = torch.arange(t_past, t_past + t, dtype=torch.long, device=idx.device)
         mask = self.causal_mask[t_past : t_past + t, : t_past + t]  # (T, T_past + T)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x, rope = self.embed(idx, pos)  # (B, T, C)
         present: KVCache = []
         for i, block in enumerate(self.transformer.h):
-            x, kv = block.forward_cached(x, None if past is None else past[i], mask)
+            x, kv = block.forward_cached(x, None if past is None else past[i], mask, rope=rope)
             present.append(kv)
         return self.lm_head(self.transformer.ln_f(x)), present  # (B, T, V)
 

@@ -21,6 +21,14 @@ NANOGPT_BABY = FIXTURES / "nanogpt_baby"
 
 # A tiny model for unit tests: fast on 2 CPU cores, big enough to learn a little.
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "dropout": 0.0, "bias": False}
+# GPTConfig's speed-run options (issue 11), each alone and all together.
+ARCH_OPTIONS = {
+    "rotary": {"rotary": True},
+    "qk_norm": {"qk_norm": True},
+    "relu2": {"mlp_activation": "relu2"},
+    "untied": {"tie_weights": False},
+    "all": {"rotary": True, "qk_norm": True, "mlp_activation": "relu2", "tie_weights": False},
+}
 
 
 def torch_npu_installed() -> bool:

@@ -285,12 +285,13 @@ def test_config_saved_before_the_callbacks_moved_names_the_new_class_path(
 def test_checkpoint_with_the_architecture_at_the_top_level_still_loads(
     baby_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """Checkpoints written before ``arch`` held the GPTConfig fields among the other hyperparameters."""
-    from lit_nanogpt.checkpoint import load_model
+    """Checkpoints written before ``arch`` held the GPTConfig fields among the other hyperparameters, and
+    predate the speed-run options (rotary, ...): those fields are absent."""
+    from lit_nanogpt.checkpoint import LATER_ARCH_DEFAULTS, load_model
 
     ckpt = torch.load(baby_ckpt, map_location="cpu", weights_only=True)
     hparams = ckpt["hyper_parameters"]
-    hparams.update(hparams.pop("arch"))
+    hparams.update({k: v for k, v in hparams.pop("arch").items() if k not in LATER_ARCH_DEFAULTS})
     torch.save(ckpt, tmp_path / "flat.ckpt")
     model, _ = load_model(tmp_path / "flat.ckpt")
     assert model.config == load_model(baby_ckpt)[0].config

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import torch
 
 from lit_nanogpt.model import GPT, GPTConfig, sample_next
-from tests.helpers import NANOGPT_BABY, TINY
+from tests.helpers import FIXTURES, NANOGPT_BABY, TINY
+
+REFERENCE_INIT = FIXTURES / "tiny_init.json"
 
 
 def tiny(**overrides) -> GPT:
@@ -38,6 +43,35 @@ def test_state_dict_names_match_nanogpt() -> None:
     assert set(model.state_dict()) == set(nanogpt["model"])
     model.load_state_dict(nanogpt["model"])  # a plain copy, no renaming
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # tied
+
+
+def init_summary(model: GPT) -> dict[str, dict]:
+    """Per state-dict tensor: its shape, first values (where in the random stream its draws start), and
+    sums that move if any value does, or if values swap places (``ramp`` weights each by its index)."""
+    out = {}
+    for name, t in model.state_dict().items():
+        flat = t.detach().double().flatten()
+        ramp = torch.arange(1, flat.numel() + 1, dtype=torch.float64) / flat.numel()
+        out[name] = {"shape": list(t.shape), "first": flat[:4].tolist(), "sum": flat.sum().item(),
+                     "sumsq": flat.square().sum().item(), "ramp": (flat * ramp).sum().item()}  # fmt: skip
+    return out
+
+
+def test_default_init_is_the_pre_options_model() -> None:
+    """The reference was written by GPT before the speed-run options existed (commit 6f0d56d), seed 0:
+    the defaults keep its state-dict keys, its init draws and their order (UPDATE_REFERENCE=1 rewrites it).
+    Compared with a tolerance, not a hash: CPUs with other vector units may round normal_'s draws apart."""
+    torch.manual_seed(0)
+    got = init_summary(GPT(GPTConfig(**{**TINY, "vocab_size": 65, "bias": True})))
+    if os.environ.get("UPDATE_REFERENCE"):
+        REFERENCE_INIT.write_text(json.dumps({"torch": torch.__version__, "state_dict": got}, indent=1) + "\n")
+    reference = json.loads(REFERENCE_INIT.read_text())["state_dict"]
+    assert list(got) == list(reference)
+    for name, summary in got.items():
+        ref = reference[name]
+        assert summary["shape"] == ref["shape"], name
+        for key in ("first", "sum", "sumsq", "ramp"):
+            assert summary[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-9), (name, key)
 
 
 def test_bias_option_adds_biases() -> None:

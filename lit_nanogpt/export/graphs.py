@@ -110,7 +110,8 @@ class StaticDecodeGraph(nn.Module):
     ``past`` and ``present`` are fixed caches of ``block_size`` positions per layer, key_0, value_0,
     ..., each (B, n_head, block_size, head_size), valid up to ``pos - 1``. The token at ``pos`` is
     written into slot ``pos`` (a one-hot ``Where``, no ScatterND) and attends to slots ``0..pos``
-    (a mask compared from a constant range and ``pos`` inside the graph).
+    (a mask compared from a constant range and ``pos`` inside the graph). Its position embedding, a
+    learned row or rotary angles, is gathered at ``pos`` too.
     """
 
     def __init__(self, model: GPT) -> None:
@@ -123,10 +124,10 @@ class StaticDecodeGraph(nn.Module):
         slots = torch.arange(S, device=idx.device)  # (S,)
         slot = (slots == pos).view(1, 1, S, 1)  # where the new key and value go
         mask = (slots <= pos).view(1, S)  # what the new token sees
-        x = model.transformer.wte(idx) + model.transformer.wpe(pos)  # (B, 1, C)
+        x, rope = model.embed(idx, pos)  # (B, 1, C); rotary angles of position pos
         present: list[torch.Tensor] = []
         for i, block in enumerate(model.transformer.h):
-            x, kv = block.forward_cached(x, (past[2 * i], past[2 * i + 1]), mask, slot)
+            x, kv = block.forward_cached(x, (past[2 * i], past[2 * i + 1]), mask, slot, rope)
             present.extend(kv)
         return (model.lm_head(model.transformer.ln_f(x)), *present)  # (B, 1, V)
 
