@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -12,22 +11,11 @@ import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torchmetrics import MeanMetric
-from torchmetrics.text import Perplexity
 
 from lit_nanogpt.model import GPT, SHAKESPEARE_CHAR, GPTConfig
+from lit_nanogpt.optim import MuonAdamW, nanogpt_lr, wsd_lr
 from lit_nanogpt.sampling import SamplingSettings
 from lit_nanogpt.text import Vocabulary
-
-
-def nanogpt_lr(step: int, learning_rate: float, min_lr: float, warmup_iters: int, lr_decay_iters: int) -> float:
-    """nanoGPT's schedule: linear warmup, then cosine decay to ``min_lr`` at ``lr_decay_iters``."""
-    if step < warmup_iters:
-        return learning_rate * (step + 1) / (warmup_iters + 1)
-    if step > lr_decay_iters:
-        return min_lr
-    ratio = (step - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
-    return min_lr + coeff * (learning_rate - min_lr)
 
 
 class LitGPT(L.LightningModule):
@@ -41,8 +29,16 @@ class LitGPT(L.LightningModule):
         weight_decay: float = 0.1,
         beta1: float = 0.9,
         beta2: float = 0.99,
+        optimizer: Literal["adamw", "muon"] = "adamw",
+        muon_lr: float = 0.02,
+        muon_momentum: float = 0.95,
+        schedule: Literal["cosine", "wsd"] = "cosine",
+        cooldown: float = 0.4,
+        fused: bool | None = None,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
-        """nanoGPT trained nanoGPT's way.
+        """nanoGPT trained nanoGPT's way, or with the speed-run options (each off by default).
 
         Args:
             arch: The network (``GPTConfig``); default nanoGPT's 10.65M Shakespeare-char model. The CLI
@@ -54,6 +50,21 @@ class LitGPT(L.LightningModule):
             weight_decay: AdamW weight decay on 2-D and larger tensors (matmuls, embeddings) only.
             beta1: AdamW beta1.
             beta2: AdamW beta2.
+            optimizer: ``adamw`` (nanoGPT's) for every parameter, or ``muon``: Muon (``lit_nanogpt.optim``, fp32
+                Newton-Schulz) for the transformer blocks' matrices, the fused query/key/value projection as three,
+                and AdamW at ``learning_rate`` for embeddings, the head and 1-D parameters, without weight decay
+                on the Muon matrices.
+            muon_lr: Muon's peak learning rate; the schedule scales it as it scales ``learning_rate``.
+            muon_momentum: Muon's Nesterov momentum.
+            schedule: ``cosine`` (nanoGPT's warmup then cosine decay) or ``wsd``: warmup, the peak rate held, then a
+                linear decay to ``min_lr`` over the last ``cooldown`` fraction of ``lr_decay_iters``.
+            cooldown: ``wsd`` only: the fraction of ``lr_decay_iters`` spent decaying.
+            fused: AdamW's fused kernel (``torch.optim.AdamW(fused=...)``); default torch's choice (off on CPU,
+                where measured slower). nanoGPT turns it on for CUDA.
+            compile: Compile the network with ``torch.compile`` (``nn.Module.compile``: the checkpoint's keys stay
+                the same) for training and validation. Worth it on a GPU; on this project's CPUs it measured slower.
+            compile_backend: ``torch.compile``'s backend: ``inductor`` (torch's), or on Ascend ``npu`` (TorchAir,
+                registered by torch_npu; see docs/npu.md). Only read with ``compile``.
         """
         super().__init__()
         self.config = arch if isinstance(arch, GPTConfig) else GPTConfig(**arch)  # a dict when read from a checkpoint
@@ -61,13 +72,19 @@ class LitGPT(L.LightningModule):
         # checkpoint loads with torch.load(weights_only=True) and the loggers show its fields.
         arch = dataclasses.asdict(self.config)  # type: ignore[assignment]
         self.save_hyperparameters()
+        if not 0.0 <= cooldown <= 1.0:
+            raise ValueError(f"cooldown={cooldown} must be a fraction in [0, 1], e.g. 0.4")
         self.model = GPT(self.config)
         self.vocab: Vocabulary | None = None
         # A NaN batch makes the mean NaN: the default drops it (mean of [2, nan] = 2). Not "disable": torchmetrics
         # 1.x then ignores the weights (aggregation.py _cast_and_nan_check_input sets them all to one).
         self.val_loss = MeanMetric(nan_strategy=float("nan"))
         self._rng_states: dict[str, Any] | None = None  # from the checkpoint a fit resumes, set at train start
-        self.val_ppl = Perplexity()
+
+    def configure_model(self) -> None:
+        hp: Any = self.hparams
+        if hp.compile and getattr(self.model, "_compiled_call_impl", None) is None:
+            self.model.compile(backend=hp.compile_backend)
 
     # ---- vocabulary: taken from the data while training, carried in every checkpoint ----
     def setup(self, stage: str) -> None:
@@ -117,20 +134,28 @@ class LitGPT(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits, loss = self.model(x, y)
+        _, loss = self.model(x, y)
         # Weighted by tokens, so the epoch value is the mean over every predicted token, on all ranks.
         self.val_loss.update(loss, weight=y.numel())
-        self.val_ppl.update(logits, y)
         self.log("val_loss", self.val_loss, prog_bar=True)
-        self.log("val_ppl", self.val_ppl)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_perplexity("val_ppl")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits, loss = self.model(x, y)
+        _, loss = self.model(x, y)
         self.val_loss.update(loss, weight=y.numel())
-        self.val_ppl.update(logits, y)
         self.log("test_loss", self.val_loss)
-        self.log("test_ppl", self.val_ppl)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_perplexity("test_ppl")
+
+    def _log_perplexity(self, name: str) -> None:
+        # Perplexity is exp of the mean token loss: computed from it, not by a second pass over the logits
+        # (torchmetrics' Perplexity took a log-softmax of every batch's logits again).
+        if self.val_loss.update_called:
+            self.log(name, torch.exp(self.val_loss.compute()))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Continue ``batch["prompt"]`` with ``batch["sampling"]``; returns the request, its settings
@@ -144,21 +169,41 @@ class LitGPT(L.LightningModule):
     # ---- optimization ----
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         hp: Any = self.hparams  # Lightning's AttributeDict
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.learning_rate,
-            betas=(hp.beta1, hp.beta2),
-        )
+        params = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        muon: dict[str, torch.nn.Parameter] = {}
+        if hp.optimizer == "muon":  # the blocks' matrices; embeddings and the head stay with AdamW
+            muon = {n: p for n, p in params.items() if p.dim() == 2 and ".transformer.h." in n}
+        decay = [p for n, p in params.items() if p.dim() >= 2 and n not in muon]
+        no_decay = [p for p in params.values() if p.dim() < 2]
+        groups: list[dict[str, Any]] = [
+            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer: torch.optim.Optimizer
+        if hp.optimizer == "muon":
+            qkv = [p for n, p in muon.items() if n.endswith("attn.c_attn.weight")]
+            rest = [p for n, p in muon.items() if not n.endswith("attn.c_attn.weight")]
+            muon_groups: list[dict[str, Any]] = [{"params": qkv, "split": 3}, {"params": rest}]
+            optimizer = MuonAdamW(muon_groups, groups, lr=hp.muon_lr, momentum=hp.muon_momentum,
+                                  adamw_lr=hp.learning_rate, betas=(hp.beta1, hp.beta2))  # fmt: skip
+        elif hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=(hp.beta1, hp.beta2), fused=hp.fused)
+        else:
+            raise ValueError(f"optimizer={hp.optimizer!r} is not one of 'adamw', 'muon'")
         decay_iters = hp.lr_decay_iters
         if decay_iters is None:
             decay_iters = self.trainer.max_steps if self.trainer.max_steps > 0 else 5000
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: nanogpt_lr(step, hp.learning_rate, hp.min_lr, hp.warmup_iters, decay_iters) / hp.learning_rate,
-        )
+        if hp.schedule not in ("cosine", "wsd"):
+            raise ValueError(f"schedule={hp.schedule!r} is not one of 'cosine', 'wsd'")
+
+        def factor(step: int) -> float:  # of each group's own peak rate (AdamW's learning_rate, Muon's muon_lr)
+            if hp.schedule == "wsd":
+                lr = wsd_lr(step, hp.learning_rate, hp.min_lr, hp.warmup_iters, decay_iters, hp.cooldown)
+            else:
+                lr = nanogpt_lr(step, hp.learning_rate, hp.min_lr, hp.warmup_iters, decay_iters)
+            return lr / hp.learning_rate
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
