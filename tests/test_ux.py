@@ -65,7 +65,8 @@ def no_newline_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple
     """Each shipped config's fit, tiny, on a corpus without a newline: {config name: (corpus, run folder, W&B dir,
     the finished process)}.
 
-    The NPU recipe runs on the CPU here; what it shares with the others (callbacks, logger, sampling) is the point.
+    The GPU and NPU recipes run on the CPU here, in fp32 and uncompiled; what they share with the others
+    (callbacks, logger, sampling) is the point.
     """
     runs = {}
     with pytest.MonkeyPatch.context() as mp:
@@ -77,6 +78,7 @@ def no_newline_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple
             result = run_cli(
                 "fit", "--config", str(config), *(f"--model.arch.{k}={v}" for k, v in TINY.items()),
                 f"--data.data_path={corpus}", "--trainer.accelerator=cpu", "--trainer.max_steps=4",
+                "--trainer.precision=32-true", "--model.compile=false",  # the GPU recipes' bf16 and compile: slow here
                 "--trainer.val_check_interval=2", "--trainer.limit_val_batches=2", "--data.val_batch_size=64",
                 f"--trainer.default_root_dir={root}",
                 env={"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "LIT_NANOGPT_CACHE": str(tmp / "cache")},
@@ -195,5 +197,8 @@ def test_learning_rate_decay_follows_max_steps_unless_a_recipe_sets_it() -> None
     assert decay == {
         "shakespeare_char.yaml": None,
         "shakespeare_char_cpu.yaml": 2000,
+        "shakespeare_char_cpu_fast.yaml": None,
+        "shakespeare_char_fast.yaml": None,
+        "shakespeare_char_fast_npu.yaml": None,
         "shakespeare_char_npu.yaml": None,
     }
