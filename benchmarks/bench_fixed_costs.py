@@ -35,8 +35,9 @@ def profile_rows(text: str) -> dict[str, tuple[float, int, float]]:
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 4 and re.fullmatch(r"[\d.e-]+", cells[1]) and cells[2].isdigit():
-            rows[cells[0]] = (float(cells[1]), int(cells[2]), float(cells[3]))
+        if len(cells) >= 4 and re.fullmatch(r"[\d.e-]+|-", cells[1]) and cells[2].isdigit():
+            mean = float("nan") if cells[1] == "-" else float(cells[1])  # the Total row has no mean
+            rows[cells[0]] = (mean, int(cells[2]), float(cells[3]))
     return rows
 
 
