@@ -170,7 +170,8 @@ def main() -> None:
         verdict = "" if target is None else f"  target >= {target:g}x: {'met' if row['met'] else 'NOT met'}"
         print(f"  {name:20s} {row['tokens_per_s']:8.1f} tokens/s  vs nanoGPT's {row['nanogpt_tokens_per_s']:6.1f}:"
               f" {row['ratio']:5.1f}x (per repeat {row['ratios']}){verdict}"
-              f"  same text: {'yes' if row['same_text_as_nanogpt_method'] else 'no'}")  # fmt: skip
+              f"  same text: {'yes' if row['same_text_as_nanogpt_method'] else 'no'}"
+              f"{' (int8 weights: other logits, so other samples)' if 'int8' in name else ''}")  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps({"info": info, "pairs": pairs, "summary": summary}, indent=1))
 
