@@ -59,10 +59,11 @@ class LitGPT(L.LightningModule):
             schedule: ``cosine`` (nanoGPT's warmup then cosine decay) or ``wsd``: warmup, the peak rate held, then a
                 linear decay to ``min_lr`` over the last ``cooldown`` fraction of ``lr_decay_iters``.
             cooldown: ``wsd`` only: the fraction of ``lr_decay_iters`` spent decaying.
-            fused: AdamW's fused kernel (``torch.optim.AdamW(fused=...)``); default torch's choice (off on CPU,
-                where measured slower). nanoGPT turns it on for CUDA.
+            fused: AdamW's fused kernel (``torch.optim.AdamW(fused=...)``); default torch's choice (the for-loop
+                kernel on CPU). nanoGPT turns it on for CUDA. On CPU it steps faster but not bit for bit like the
+                for-loop kernel, so nanoGPT's CPU recipe leaves it off.
             compile: Compile the network with ``torch.compile`` (``nn.Module.compile``: the checkpoint's keys stay
-                the same) for training and validation. Worth it on a GPU; on this project's CPUs it measured slower.
+                the same) for training and validation. For GPUs, as nanoGPT does; on CPU it compiles for long.
             compile_backend: ``torch.compile``'s backend: ``inductor`` (torch's), or on Ascend ``npu`` (TorchAir,
                 registered by torch_npu; see docs/npu.md). Only read with ``compile``.
         """
