@@ -63,7 +63,7 @@ class LitGPT(L.LightningModule):
                 kernel on CPU). nanoGPT turns it on for CUDA. On CPU it steps faster but not bit for bit like the
                 for-loop kernel, so nanoGPT's CPU recipe leaves it off.
             compile: Compile the network with ``torch.compile`` (``nn.Module.compile``: the checkpoint's keys stay
-                the same) for training and validation. For GPUs, as nanoGPT does; on CPU it compiles for long.
+                the same) for training and validation. For GPUs, as nanoGPT does; on a CPU it costs more than it saves.
             compile_backend: ``torch.compile``'s backend: ``inductor`` (torch's), or on Ascend ``npu`` (TorchAir,
                 registered by torch_npu; see docs/npu.md). Only read with ``compile``.
         """
