@@ -171,11 +171,14 @@ class LitNanoGPTCLI(LightningCLI):
                 out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
             return out
 
+        # Typed on the command line: named even when it is the default (--model.optimizer adamw against a Muon
+        # run). Otherwise a value at its default is one nobody asked for, and the checkpoint's stands.
+        typed = {a[len("--model.") :].split("=")[0] for a in self._args if a.startswith("--model.")}
         saved_flat, default_flat = flat(saved), flat(defaults)
         changed = [
             f"--model.{k}={v} (the checkpoint has {saved_flat[k]})"
             for k, v in flat(asked).items()
-            if k in saved_flat and v != saved_flat[k] and v != default_flat.get(k)
+            if k in saved_flat and v != saved_flat[k] and (k in typed or v != default_flat.get(k))
         ]
         if changed:
             raise ValueError(

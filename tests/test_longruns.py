@@ -257,6 +257,9 @@ def test_resume_refuses_another_model_or_corpus(
     assert line.startswith(f"lit-nanogpt: error: fit --ckpt_path {last} resumes that run with its own model")
     changes = "--model.arch.n_embd=64 (the checkpoint has 32), --model.learning_rate=0.003 (the checkpoint has 0.01)"
     assert changes in line
+    # A value typed back to its default is named too (the run was made with learning_rate 1e-2, not the 1e-3 default).
+    assert main([*resume, "--model.learning_rate", "1e-3"]) == 1
+    assert "--model.learning_rate=0.001 (the checkpoint has 0.01)" in capsys.readouterr().err.strip().splitlines()[-1]
     corpus = tmp_path / "other.txt"
     corpus.write_text("".join(sorted(set((ROOT / "lit_nanogpt/assets/tinyshakespeare.txt").read_text()))) * 200)
     assert main([*resume, f"--data.data_path={corpus}"]) == 1
