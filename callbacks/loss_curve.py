@@ -51,7 +51,8 @@ class LossCurve(Callback):
         kept in checkpoints, so a resumed run draws its whole history.
 
         Args:
-            filename: Name of the PNG inside the run folder (``trainer.log_dir``, else ``default_root_dir``).
+            filename: Name of the PNG inside the run folder (``default_root_dir``, one run's: README "Long runs").
+                Not the logger's folder: ``WANDB_DIR`` may be shared by many runs, which would overwrite it.
             key: Name of the image in W&B.
         """
         self.filename = filename
@@ -63,8 +64,7 @@ class LossCurve(Callback):
         self._lr_now = 0.0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # trainer.log_dir is collective (it broadcasts), so every rank asks, here, before teardown.
-        self.path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        self.path = Path(trainer.default_root_dir) / self.filename
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int

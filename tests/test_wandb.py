@@ -215,8 +215,9 @@ def _png_size(path: Path) -> tuple[int, int]:
 def test_loss_curve_png(offline_run: SimpleNamespace) -> None:
     from matplotlib.image import imread
 
-    path = Path(offline_run.trainer.log_dir) / "loss_curve.png"
-    assert path == offline_run.curve.path
+    # In the run folder, not in WANDB_DIR (the logger's folder, which other runs may share).
+    path = Path(offline_run.trainer.default_root_dir) / "loss_curve.png"
+    assert path == offline_run.curve.path and Path(offline_run.trainer.log_dir) != path.parent
     width, height = _png_size(path)
     assert (width, height) == (880, 660)
     pixels = imread(path)  # (H, W, 4)
@@ -241,7 +242,7 @@ def test_without_wandb_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, l
         args += ["--trainer.logger.save_dir", str(tmp_path / "csv")]
     cli = LitNanoGPTCLI(args=args)
     assert not (tmp_path / "wandb").exists() and not (Path(os.environ["WANDB_DIR"]) / "wandb").exists()
-    png = Path(cli.trainer.log_dir) / "loss_curve.png"
+    png = Path(cli.trainer.default_root_dir) / "loss_curve.png"
     assert _png_size(png) == (880, 660)
     if logger == "false":
         assert png.parent == tmp_path / "run"
