@@ -73,6 +73,10 @@ class LitGPT(L.LightningModule):
         # checkpoint loads with torch.load(weights_only=True) and the loggers show its fields.
         arch = dataclasses.asdict(self.config)  # type: ignore[assignment]
         self.save_hyperparameters()
+        if optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer={optimizer!r} is not one of 'adamw', 'muon'")
+        if schedule not in ("cosine", "wsd"):
+            raise ValueError(f"schedule={schedule!r} is not one of 'cosine', 'wsd'")
         if not 0.0 <= cooldown <= 1.0:
             raise ValueError(f"cooldown={cooldown} must be a fraction in [0, 1], e.g. 0.4")
         self.model = GPT(self.config)
@@ -187,15 +191,11 @@ class LitGPT(L.LightningModule):
             muon_groups: list[dict[str, Any]] = [{"params": qkv, "split": 3}, {"params": rest}]
             optimizer = MuonAdamW(muon_groups, groups, lr=hp.muon_lr, momentum=hp.muon_momentum,
                                   adamw_lr=hp.learning_rate, betas=(hp.beta1, hp.beta2))  # fmt: skip
-        elif hp.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=(hp.beta1, hp.beta2), fused=hp.fused)
         else:
-            raise ValueError(f"optimizer={hp.optimizer!r} is not one of 'adamw', 'muon'")
+            optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=(hp.beta1, hp.beta2), fused=hp.fused)
         decay_iters = hp.lr_decay_iters
         if decay_iters is None:
             decay_iters = self.trainer.max_steps if self.trainer.max_steps > 0 else 5000
-        if hp.schedule not in ("cosine", "wsd"):
-            raise ValueError(f"schedule={hp.schedule!r} is not one of 'cosine', 'wsd'")
 
         def factor(step: int) -> float:  # of each group's own peak rate (AdamW's learning_rate, Muon's muon_lr)
             if hp.schedule == "wsd":

@@ -114,7 +114,9 @@ def test_bad_choices_are_refused_in_one_line() -> None:
     with pytest.raises(ValueError, match="cooldown=1.5"):
         LitGPT(GPTConfig(**TINY, vocab_size=65), cooldown=1.5)
     with pytest.raises(ValueError, match="optimizer='sgd'"):
-        LitGPT(GPTConfig(**TINY, vocab_size=65), optimizer="sgd", lr_decay_iters=10).configure_optimizers()  # type: ignore[arg-type]
+        LitGPT(GPTConfig(**TINY, vocab_size=65), optimizer="sgd")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="schedule='linear'"):
+        LitGPT(GPTConfig(**TINY, vocab_size=65), schedule="linear")  # type: ignore[arg-type]
 
 
 def test_compile_wraps_the_network_and_keeps_its_checkpoint_keys(tmp_path) -> None:
