@@ -57,10 +57,7 @@ class StopOnSignal(Callback):
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, functools.partial(self._on_signal, trainer))
-
-    def _on_signal(self, trainer: L.Trainer, signum: int, frame: FrameType | None) -> None:
-        self._handle(trainer, signum, frame)
+            signal.signal(signum, functools.partial(self._handle, trainer))
 
     def _handle(self, trainer: L.Trainer, signum: int, frame: FrameType | None) -> None:
         if self.received is not None and signum == signal.SIGINT:

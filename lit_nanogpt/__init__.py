@@ -12,16 +12,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lit_nanogpt.data import CharDataModule, Vocabulary
+    from lit_nanogpt.data import CharDataModule
     from lit_nanogpt.model import GPT, GPTConfig
     from lit_nanogpt.module import LitGPT
+    from lit_nanogpt.text import Vocabulary
 
 __all__ = ["GPT", "CharDataModule", "GPTConfig", "LitGPT", "Vocabulary"]
 __version__ = "0.1.0"
 
 _HOMES = {
     "CharDataModule": "lit_nanogpt.data",
-    "Vocabulary": "lit_nanogpt.data",
+    "Vocabulary": "lit_nanogpt.text",
     "GPT": "lit_nanogpt.model",
     "GPTConfig": "lit_nanogpt.model",
     "LitGPT": "lit_nanogpt.module",

@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
+from lit_nanogpt.files import atomic_open
 from lit_nanogpt.model import GPT, GPTConfig
-from lit_nanogpt.text import Vocabulary, atomic_open
+from lit_nanogpt.text import Vocabulary
 
 # The fields that build the network; the rest of LitGPT's hyperparameters are for training.
 ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
@@ -26,7 +27,7 @@ LATER_ARCH_DEFAULTS = {
 _ORIG_MOD = "_orig_mod."  # what torch.compile leaves in front of every key
 
 
-def _refused(what: str, path: str | Path, error: Exception) -> ValueError | None:
+def refused_unpickling(what: str, path: str | Path, error: Exception) -> ValueError | None:
     """The one-line error for a file that ``torch.load(weights_only=True)`` refused to unpickle, else None."""
     text = str(error)
     if "Weights only load failed" not in text:
@@ -48,7 +49,7 @@ def torch_load(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        if refused := _refused(what, path, e):
+        if refused := refused_unpickling(what, path, e):
             raise refused from None
         raise ValueError(
             f"{what} {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
@@ -223,12 +224,3 @@ def import_nanogpt(ckpt_path: str | Path, meta_path: str | Path, out: str | Path
     with atomic_open(out) as f:  # as AtomicCheckpointIO saves
         torch.save(checkpoint, f)
     return out
-
-
-def __getattr__(name: str) -> Any:
-    # A Lightning plugin, imported on first use: reading a checkpoint (generate, export) needs no Lightning.
-    if name == "AtomicCheckpointIO":
-        from lit_nanogpt.checkpoint_io import AtomicCheckpointIO
-
-        return AtomicCheckpointIO
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

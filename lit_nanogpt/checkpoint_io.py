@@ -1,4 +1,7 @@
-"""``AtomicCheckpointIO``: Lightning's checkpoint plugin, saving all or nothing and loading data only."""
+"""``AtomicCheckpointIO``: the one checkpoint plugin, for the CLI's trainers and the NPU strategies alike.
+
+It saves all or nothing, with every tensor on the CPU, and loads data only.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,11 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.fabric.utilities.types import _PATH
 
-from lit_nanogpt.checkpoint import _refused
-from lit_nanogpt.text import atomic_open
+from lit_nanogpt.checkpoint import refused_unpickling
+from lit_nanogpt.files import atomic_open
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -18,9 +22,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Lightning's own save goes through fsspec, whose temporary file lives in the system temp folder;
     across filesystems its final move is a copy onto the old checkpoint, which a crash can truncate.
+    Every tensor is moved to the CPU first: one saved on an NPU records its device, and loading it
+    needs torch_npu even with ``map_location``'s help in some versions; CPU tensors load anywhere.
+    Lightning calls this on global rank 0 only, so only rank 0 pays for the copy (a no-op on the CPU).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        checkpoint = move_data_to_device(checkpoint, torch.device("cpu"))
         with atomic_open(Path(path)) as f:
             torch.save(checkpoint, f)
 
@@ -41,6 +49,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         except Exception as e:
-            if refused := _refused("checkpoint", path, e):
+            if refused := refused_unpickling("checkpoint", path, e):
                 raise refused from None
             raise

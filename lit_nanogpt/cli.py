@@ -1,16 +1,16 @@
-"""``lit-nanogpt``: Lightning's ``fit``/``validate``/``test``/``predict`` plus ``generate``, ``import-nanogpt``
-and ``export``."""
+"""Lightning's commands, ``fit``, ``validate``, ``test`` and ``predict``, and a fit's run folder.
+
+``lit_nanogpt.commands`` dispatches here and passes the program's name and description down.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import shlex
-import shutil
 import signal
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_nanogpt import files
 from lit_nanogpt.callbacks.longrun import StopOnSignal
 from lit_nanogpt.callbacks.progress import StepProgressBar
 from lit_nanogpt.callbacks.samples import SampleWriter
 from lit_nanogpt.checkpoint import read_checkpoint
 from lit_nanogpt.checkpoint_io import AtomicCheckpointIO
-from lit_nanogpt.commands import EXTRA_COMMANDS, PROG, export_command, generate, main, torch_device
 from lit_nanogpt.data import SHIPPED_CORPUS, CharDataModule
 from lit_nanogpt.loggers import AutoWandbLogger, LoggedConfig
 from lit_nanogpt.module import LitGPT
 from lit_nanogpt.npu import npu_trainer_flags
-
-__all__ = ["FIT_DEFAULTS", "LitNanoGPTCLI", "export_command", "generate", "main", "run_lightning_cli", "torch_device"]
 
 # The settings every fit starts from (callbacks, logger, nanoGPT's loop); the recipes hold the rest.
 FIT_DEFAULTS = Path(__file__).with_name("fit_defaults.yaml")
@@ -44,16 +42,16 @@ _SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
 class LitNanoGPTCLI(LightningCLI):
     """LightningCLI for ``LitGPT`` on ``CharDataModule``, with the settings linked and checkpoints self-describing."""
 
-    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, args: Any = None, run: bool = True, prog: str = "lit-nanogpt", description: str = "", **kwargs: Any
+    ) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 1337)  # nanoGPT's seed
         # validate/predict with only --ckpt_path should not leave a CSV log folder in the current directory.
         kwargs.setdefault("trainer_defaults", {"logger": False})
         kwargs.setdefault("save_config_callback", LoggedConfig)  # config.yaml, and the same config in the loggers
-        description = "Train, evaluate and sample nanoGPT with Lightning. Also: " + "; ".join(
-            f"{PROG} {name}: {text}" for name, text in EXTRA_COMMANDS.items()
-        )
-        parser_kwargs = kwargs.setdefault("parser_kwargs", {"prog": PROG, "description": description})
+        self.prog = prog  # names this program in its one-line messages
+        parser_kwargs = kwargs.setdefault("parser_kwargs", {"prog": prog, "description": description})
         # A bad option raises (parse_arguments turns it into one line) instead of printing the whole usage.
         parser_kwargs.setdefault("exit_on_error", False)
         # Every fit starts from the standard callbacks and logger; run=False builds a fit-like Trainer directly.
@@ -102,7 +100,7 @@ class LitNanoGPTCLI(LightningCLI):
             if self._resume is not None:
                 self._refuse_other_corpus()
             with RunFolder(self._root(), self.trainer, resuming=self._resume is not None,
-                           overwrite=bool(self.config["fit"].get("overwrite"))):  # fmt: skip
+                           overwrite=bool(self.config["fit"].get("overwrite")), prog=self.prog):  # fmt: skip
                 try:
                     super()._run_subcommand(subcommand)
                 except SIGTERMException:
@@ -112,7 +110,7 @@ class LitNanoGPTCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as e:
-            raise ValueError(_explain_parse_error(str(e), self._subcommand_parsers, args)) from None
+            raise ValueError(_explain_parse_error(str(e), self._subcommand_parsers, args, self.prog)) from None
 
     def _parse_ckpt_path(self) -> None:
         """Take the model from the checkpoint, and the data settings the user left at their defaults.
@@ -213,8 +211,8 @@ class LitNanoGPTCLI(LightningCLI):
                     args.append(a)
             where = f"wrote {stop.saved}" if stop is not None and stop.saved else "nothing saved"
             step = stop.step if stop is not None and stop.step is not None else self.trainer.global_step
-            print(f"{PROG}: stopped by {signal.Signals(signum).name} at step {step}: {where}; resume with: "
-                  f"{shlex.join([PROG, *args, '--ckpt_path', 'last'])}", file=sys.stderr, flush=True)  # fmt: skip
+            print(f"{self.prog}: stopped by {signal.Signals(signum).name} at step {step}: {where}; resume with: "
+                  f"{shlex.join([self.prog, *args, '--ckpt_path', 'last'])}", file=sys.stderr, flush=True)  # fmt: skip
         return 128 + int(signum)
 
     def before_fit(self) -> None:
@@ -243,8 +241,8 @@ class RunFolder:
 
     LOCK = ".lit-nanogpt.lock"
 
-    def __init__(self, root: Path, trainer: L.Trainer, resuming: bool, overwrite: bool) -> None:
-        self.root, self.trainer, self.resuming, self.overwrite = root, trainer, resuming, overwrite
+    def __init__(self, root: Path, trainer: L.Trainer, resuming: bool, overwrite: bool, prog: str) -> None:
+        self.root, self.trainer, self.resuming, self.overwrite, self.prog = root, trainer, resuming, overwrite, prog
         self._fd: int | None = None
 
     def __enter__(self) -> RunFolder:
@@ -267,7 +265,7 @@ class RunFolder:
         os.write(fd, str(os.getpid()).encode())
         try:
             self._check_results()
-            clean_leftovers(self.root, self.trainer)
+            clean_leftovers(self.root, self.trainer, self.prog)
         except BaseException:
             self.__exit__()
             raise
@@ -294,29 +292,16 @@ class RunFolder:
             self._fd = None
 
 
-def clean_leftovers(root: Path, trainer: L.Trainer) -> None:
-    """Remove what interrupted atomic writes left in the run folder: ``.NAME.*.tmp`` files and export folders'
-    ``.export.partial-*``/``.export.old-*``. Called under the run folder's lock, so no writer is active."""
+def clean_leftovers(root: Path, trainer: L.Trainer, prog: str) -> None:
+    """Remove what interrupted writes left in the run folder (``lit_nanogpt.files.clean_leftovers``): in it, in
+    ``checkpoints/`` and beside each ``OnnxExport``'s folder. Called under the run folder's lock."""
     from lit_nanogpt.callbacks import OnnxExport
 
-    folders = {root, root / "checkpoints"}
     export_dirs = {Path(c.dirpath) if c.dirpath else root / "export" for c in trainer.callbacks  # type: ignore[attr-defined]
                    if isinstance(c, OnnxExport)}  # fmt: skip
-    folders |= {d.parent for d in export_dirs}
-    removed = []
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            partial = any(path.name.startswith((f".{d.name}.partial-", f".{d.name}.old-")) for d in export_dirs)
-            if path.is_dir() and partial:
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-            elif path.is_file() and path.name.startswith(".") and path.name.endswith(".tmp"):
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    if removed:
-        print(f"{PROG}: removed {len(removed)} leftover(s) of interrupted writes: "
+    folders = {root, root / "checkpoints", *(d.parent for d in export_dirs)}
+    if removed := files.clean_leftovers(folders, {d.name for d in export_dirs}):
+        print(f"{prog}: removed {len(removed)} leftover(s) of interrupted writes: "
               f"{', '.join(str(p) for p in removed)}", file=sys.stderr)  # fmt: skip
 
 
@@ -344,7 +329,7 @@ def _misconfigured(trainer: dict[str, Any], error: Exception) -> str:
     return f"the trainer settings do not fit together: {text}"
 
 
-def _explain_parse_error(message: str, parsers: dict[str, LightningArgumentParser], args: Any) -> str:
+def _explain_parse_error(message: str, parsers: dict[str, LightningArgumentParser], args: Any, prog: str) -> str:
     """jsonargparse's error as one line; for an unknown key: the file that sets it and the nearest real key."""
     import difflib
     import re
@@ -358,13 +343,13 @@ def _explain_parse_error(message: str, parsers: dict[str, LightningArgumentParse
         or re.search(r"unrecognized arguments: --([\w.]+)", text)
     )
     if unknown is None or subcommand is None:
-        return f"{text} ({PROG} --help lists the commands, {PROG} COMMAND --help their options)"
+        return f"{text} ({prog} --help lists the commands, {prog} COMMAND --help their options)"
     key = ".".join(unknown.groups())
     guess = difflib.get_close_matches(key, list(parsers[subcommand].get_defaults().keys()), n=1, cutoff=0.6)
     files = [f for f in _config_files(args) if _sets_key(f, key)]
     where, dashes = (f"{files[-1]}: {key}", "") if files else (f"--{key}", "--")
-    fix = f"did you mean {dashes}{guess[0]}?" if guess else f"see {PROG} {subcommand} --help"
-    return f"{where} is not an option of {PROG} {subcommand}; {fix}"
+    fix = f"did you mean {dashes}{guess[0]}?" if guess else f"see {prog} {subcommand} --help"
+    return f"{where} is not an option of {prog} {subcommand}; {fix}"
 
 
 def _sets_key(file: Path, key: str) -> bool:
@@ -382,48 +367,12 @@ def _sets_key(file: Path, key: str) -> bool:
     return True
 
 
-# Class paths that moved: a config.yaml saved by an earlier version names the old ones.
-_MOVED_CLASS_PATHS = {"callbacks.": "lit_nanogpt.callbacks."}
-
-
 def _config_files(args: list[str]) -> list[Path]:
     files = [Path(a.split("=", 1)[1]) for a in args if a.startswith("--config=")]
     files += [Path(b) for a, b in zip(args, args[1:], strict=False) if a == "--config"]
     return [f for f in files if f.is_file()]
 
 
-def check_moved_class_paths(args: list[str]) -> None:
-    """One line naming the new class path when a ``--config`` file uses one that has moved."""
-    import yaml
-
-    def class_paths(node: Any) -> Iterator[str]:
-        if isinstance(node, dict):
-            if isinstance(node.get("class_path"), str):
-                yield node["class_path"]
-            for value in node.values():
-                yield from class_paths(value)
-        elif isinstance(node, list):
-            for value in node:
-                yield from class_paths(value)
-
-    for file in _config_files(args):
-        try:
-            config = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError, OSError):
-            continue  # the CLI's own parser reports it
-        for path in class_paths(config):
-            for old, new in _MOVED_CLASS_PATHS.items():
-                if path.startswith(old):
-                    raise ValueError(
-                        f"{file}: class_path {path} has moved to {new}{path.removeprefix(old)}: edit the file"
-                    )
-
-
-def run_lightning_cli(argv: list[str] | None = None) -> None:
-    """``fit``, ``validate``, ``test`` and ``predict``: ``argv`` or the command line."""
-    check_moved_class_paths(sys.argv[1:] if argv is None else argv)
-    LitNanoGPTCLI(args=argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run_lightning_cli(argv: list[str] | None = None, prog: str = "lit-nanogpt", description: str = "") -> None:
+    """``fit``, ``validate``, ``test`` and ``predict``: ``argv`` or the command line, as program ``prog``."""
+    LitNanoGPTCLI(args=argv, prog=prog, description=description)

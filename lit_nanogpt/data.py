@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from lit_nanogpt.files import atomic_open
 from lit_nanogpt.sampling import SamplingSettings
-from lit_nanogpt.text import SHIPPED_CORPUS, SHIPPED_SHA256, Vocabulary, atomic_open, read_corpus
+from lit_nanogpt.text import SHIPPED_CORPUS, SHIPPED_SHA256, Vocabulary, read_corpus
 
 __all__ = [
     "SHIPPED_CORPUS",
@@ -29,7 +30,6 @@ __all__ = [
     "CharDataModule",
     "EncodedCorpus",
     "Vocabulary",
-    "atomic_open",
     "read_corpus",
 ]
 

@@ -1,4 +1,4 @@
-"""Characters and files: the vocabulary, reading a corpus, writing a file all or nothing.
+"""Characters and text files: the vocabulary and reading a corpus.
 
 Only numpy and torch here (no Lightning), so that ``generate``, ``export`` and reading a checkpoint
 start without importing Lightning; ``lit_nanogpt.data`` builds the datasets on top.
@@ -7,12 +7,7 @@ start without importing Lightning; ``lit_nanogpt.data`` builds the datasets on t
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -85,52 +80,3 @@ def read_corpus(path: Path, what: str = "corpus") -> tuple[str, str]:
             f"e.g. iconv -f LATIN1 -t UTF-8"
         ) from None
     return text, sha
-
-
-def umask() -> int:
-    """The process's umask, read without changing it where Linux allows (``os.umask`` sets it, racing threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_open(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that replaces ``path`` only once the ``with`` block completes: all or nothing.
-
-    The temporary file lives beside ``path``, so the final ``os.replace`` is a rename on one filesystem.
-    It gets the permissions a plain ``open`` would (``mkstemp`` makes it 0600, unreadable to a team).
-    An ``OSError`` without a file name (a full disk while writing) is raised again naming ``path``.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise _naming(e, path.parent) from e
-    try:
-        os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException as e:
-        os.unlink(tmp)
-        # torch.save's zip writer turns a failed write into a RuntimeError while closing; the OSError is its context.
-        cause: BaseException | None = e
-        while cause is not None and not isinstance(cause, OSError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None and isinstance(e, Exception):
-            raise _naming(cause, path) from e
-        raise
-
-
-def _naming(error: OSError, path: Path) -> OSError:
-    if error.filename is not None:
-        return error
-    return type(error)(error.errno, error.strerror or str(error), str(path))

@@ -60,7 +60,7 @@ class RunIf:
         if without_cuda and torch.cuda.is_available():
             reasons.append("needs a machine without CUDA")
         if ais_bench:
-            from lit_nanogpt.npu.om import ais_bench_available
+            from lit_nanogpt.export.ascend import ais_bench_available
 
             if not ais_bench_available():
                 reasons.append("needs ais_bench and an Ascend NPU with CANN")

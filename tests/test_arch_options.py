@@ -15,11 +15,10 @@ import torch
 
 from lit_nanogpt.checkpoint import load_model, read_checkpoint
 from lit_nanogpt.export import ExportedGPT, ExportSettings, Manifest, check_graph, export_model
-from lit_nanogpt.export.graphs import GRAPHS
-from lit_nanogpt.export.manifest import MANIFEST
+from lit_nanogpt.export.atc import ATC_ONNX_OPS, oldest_cann
+from lit_nanogpt.export.manifest import GRAPHS, MANIFEST
 from lit_nanogpt.model import GPT, GPTConfig, apply_rotary, rms_norm, rotary_tables
 from lit_nanogpt.module import LitGPT
-from lit_nanogpt.npu.atc import ATC_ONNX_OPS, oldest_cann
 from lit_nanogpt.text import Vocabulary
 from tests.helpers import ARCH_OPTIONS, TINY
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_nanogpt.cli import LitNanoGPTCLI, main
+from lit_nanogpt.cli import LitNanoGPTCLI
+from lit_nanogpt.commands import main
 from lit_nanogpt.model import GPTConfig
 from tests.helpers import FIXTURES, NANOGPT_BABY, ROOT, TINY, run_cli
 
@@ -233,7 +234,7 @@ def test_a_crash_while_saving_never_replaces_a_good_checkpoint(
     tiny_run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Checkpoints are written to a temporary file beside the target and renamed: a failed write changes nothing."""
-    from lit_nanogpt.checkpoint import AtomicCheckpointIO
+    from lit_nanogpt.checkpoint_io import AtomicCheckpointIO
 
     good = tmp_path / "last.ckpt"
     good.write_bytes(last_ckpt(tiny_run[0]).read_bytes())
@@ -266,20 +267,6 @@ def test_generate_device_and_prompt_file_errors(capsys: pytest.CaptureFixture, b
     if not torch.cuda.is_available():
         assert "no cuda device" in error_of(capsys, "generate", f"--checkpoint={baby_ckpt}", "--device=cuda")
     assert "prompt file" in error_of(capsys, "generate", f"--checkpoint={baby_ckpt}", f"--prompt=FILE:{tmp_path}")
-
-
-def test_config_saved_before_the_callbacks_moved_names_the_new_class_path(
-    capsys: pytest.CaptureFixture, tmp_path: Path
-) -> None:
-    """A config.yaml written when the callbacks were the top-level ``callbacks`` package."""
-    from lit_nanogpt.cli import FIT_DEFAULTS
-
-    old = FIT_DEFAULTS.read_text().replace("lit_nanogpt.callbacks.", "callbacks.")
-    (tmp_path / "config.yaml").write_text(old)
-    line = error_of(capsys, "fit", "--config", str(tmp_path / "config.yaml"))
-    new = "lit_nanogpt.callbacks.metrics.TrainingMetrics"
-    assert f"class_path callbacks.metrics.TrainingMetrics has moved to {new}" in line
-    assert str(tmp_path / "config.yaml") in line
 
 
 def test_checkpoint_with_the_architecture_at_the_top_level_still_loads(

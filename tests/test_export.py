@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lit_nanogpt.callbacks import OnnxExport
 
 from lit_nanogpt.checkpoint import load_model
-from lit_nanogpt.cli import main
+from lit_nanogpt.commands import main
 from lit_nanogpt.data import CharDataModule, Vocabulary
 from lit_nanogpt.export import (
     MANIFEST,
@@ -41,9 +41,10 @@ from lit_nanogpt.export import (
     onnxrt,
     open_export,
 )
+from lit_nanogpt.export.atc import ATC_ONNX_OPS, AtcOptions, oldest_cann
+from lit_nanogpt.export.manifest import AtcRecord, AtcStatic
 from lit_nanogpt.model import GPT, GPTConfig
 from lit_nanogpt.module import LitGPT
-from lit_nanogpt.npu.atc import ATC_ONNX_OPS, AtcOptions, AtcRecord, AtcStatic, oldest_cann
 from lit_nanogpt.sampling import SEPARATOR
 from tests.helpers import NANOGPT_BABY, ROOT, TINY, RunIf, export_baby, run_cli
 
@@ -356,7 +357,7 @@ def test_om_runners_take_their_mode_from_the_manifest(
     interface = ModuleType("ais_bench.infer.interface")
     interface.InferSession = InferSession
     monkeypatch.setitem(sys.modules, "ais_bench.infer.interface", interface)
-    monkeypatch.setattr("lit_nanogpt.npu.om.ais_bench_available", lambda: True)
+    monkeypatch.setattr("lit_nanogpt.export.ascend.ais_bench_available", lambda: True)
     idx = torch.from_numpy(Vocabulary(manifest.vocab).encode(EXPECTED["prompt"]))[None]
     exported, backend = open_export(out, backend="om")
     assert (backend, exported.cache) == ("om", "static")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_nanogpt.cli import main
-from lit_nanogpt.text import umask
+from lit_nanogpt.commands import main
+from lit_nanogpt.files import umask
 from tests.helpers import ROOT, TINY, run, run_cli
 
 EVERY = 10  # the periodic checkpoint's interval in these tests
@@ -73,7 +73,7 @@ def fit_args(root: Path, config: Path, steps: int, *extra: str) -> list[str]:
 def start_fit(args: list[str]) -> subprocess.Popen:
     """A real ``lit-nanogpt fit`` in its own session, so signals reach it alone."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lit_nanogpt.cli", *args], cwd=ROOT, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "lit_nanogpt", *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
 
 
@@ -277,7 +277,7 @@ def test_resume_refuses_another_model_or_corpus(
 def test_non_finite_loss_stops_saving_and_exporting_nothing(
     callbacks_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lit_nanogpt.checkpoint import AtomicCheckpointIO
+    from lit_nanogpt.checkpoint_io import AtomicCheckpointIO
 
     config = tmp_path / "with_export.yaml"
     config.write_text(callbacks_config.read_text() + "    - class_path: lit_nanogpt.callbacks.OnnxExport\n")

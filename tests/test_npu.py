@@ -168,7 +168,9 @@ def test_no_npu_here_and_nothing_raises() -> None:
 
 def test_npu_package_imports_no_torch_npu_and_no_onnx() -> None:
     """The accelerator registration and the atc step stay cheap to import: the export's onnx comes only with it."""
-    code = "import sys, lit_nanogpt.npu, lit_nanogpt.npu.atc; print(sorted({'onnx', 'torch_npu'} & set(sys.modules)))"
+    code = (
+        "import sys, lit_nanogpt.npu, lit_nanogpt.export.atc; print(sorted({'onnx', 'torch_npu'} & set(sys.modules)))"
+    )
     done = run_python("-c", code, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
 
 from lit_nanogpt.checkpoint import load_model
+from lit_nanogpt.checkpoint_io import AtomicCheckpointIO
 from lit_nanogpt.npu import DDPNPUStrategy, SingleNPUStrategy
 from tests.helpers import ROOT, run_python, run_without_torch_npu
 
@@ -126,14 +126,11 @@ class _OnDevice:
 
 
 @pytest.mark.parametrize("strategy_cls", [SingleNPUStrategy, DDPNPUStrategy])
-def test_strategies_move_checkpoint_tensors_to_cpu(strategy_cls: type) -> None:
+def test_strategies_move_checkpoint_tensors_to_cpu(strategy_cls: type, monkeypatch: pytest.MonkeyPatch) -> None:
     saved = {}
-
-    class Capture(TorchCheckpointIO):
-        def save_checkpoint(self, checkpoint: dict, path: object, storage_options: object = None) -> None:
-            saved.update(checkpoint)
-
+    monkeypatch.setattr("lit_nanogpt.checkpoint_io.torch.save", lambda checkpoint, f: saved.update(checkpoint))
     extra = {"device": "cpu"} if strategy_cls is SingleNPUStrategy else {}  # the save path is the same on an NPU
-    strategy = strategy_cls(checkpoint_io=Capture(), **extra)
+    strategy = strategy_cls(**extra)
+    assert type(strategy.checkpoint_io) is AtomicCheckpointIO  # the one plugin, by default
     strategy.save_checkpoint({"state_dict": {"w": _OnDevice()}, "optimizer_states": [{"m": _OnDevice()}]}, "x.ckpt")
     assert saved["state_dict"]["w"].device == "cpu" and saved["optimizer_states"][0]["m"].device == "cpu"

@@ -16,7 +16,8 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lit_nanogpt.callbacks.validation_samples import ValidationSamples
 
-from lit_nanogpt.cli import LitNanoGPTCLI, main
+from lit_nanogpt.cli import LitNanoGPTCLI
+from lit_nanogpt.commands import main
 from lit_nanogpt.data import Vocabulary
 from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.module import LitGPT

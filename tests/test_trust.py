@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_nanogpt.checkpoint import AtomicCheckpointIO, import_nanogpt, read_nanogpt_meta
-from lit_nanogpt.cli import main
+from lit_nanogpt.checkpoint import import_nanogpt, read_nanogpt_meta
+from lit_nanogpt.checkpoint_io import AtomicCheckpointIO
+from lit_nanogpt.commands import main
 from tests.helpers import NANOGPT_BABY, TINY, run_cli
 
 NAMED = f"{os.system.__module__}.system"  # what the bait's pickle names: posix.system on Linux and macOS

@@ -159,7 +159,7 @@ def baby_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_generate_streams_each_character_as_it_is_drawn(baby_export: tuple[Path, Path], backend: str) -> None:
     greedy = json.loads((NANOGPT_BABY / "expected.json").read_text())["greedy"]  # "ROMEO:" and 200 characters
     source = str(baby_export[0] if backend == "--checkpoint" else baby_export[1])
-    args = [sys.executable, "-m", "lit_nanogpt.cli", "generate", backend, source, "--prompt=ROMEO:", "--top_k=1"]
+    args = [sys.executable, "-m", "lit_nanogpt", "generate", backend, source, "--prompt=ROMEO:", "--top_k=1"]
     # Far more characters than could be drawn before the first ones are read: the process must still be running.
     proc = subprocess.Popen([*args, "--max_new_tokens=1000000"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:

@@ -14,9 +14,9 @@ An export folder holds, beside a ``manifest.json`` that makes it self-contained:
 
 The graphs go through torch's TorchScript exporter at opset 15 by default (``ExportSettings.opset``;
 the dynamo exporter starts at 18). atc parses an op only at the opsets its plugins register
-(``lit_nanogpt.npu.atc.CANN_ONNX_PARSERS``): opset 15 needs CANN 7.0 or later, 13 also reads on 5.0.
+(``lit_nanogpt.export.atc.CANN_ONNX_PARSERS``): opset 15 needs CANN 7.0 or later, 13 also reads on 5.0.
 Attention is written out with an additive mask (no ``Trilu``, no ``IsNaN``) by a custom symbolic, so
-every op is one ``atc`` knows (``lit_nanogpt.npu.atc.ATC_ONNX_OPS``), at that opset.
+every op is one ``atc`` knows (``lit_nanogpt.export.atc.ATC_ONNX_OPS``), at that opset.
 """
 
 from __future__ import annotations
@@ -34,26 +34,17 @@ import onnx
 import torch
 import torch.nn as nn
 
-from lit_nanogpt.export.manifest import Graph, Manifest, TensorSpec, replacing
+from lit_nanogpt.export.atc import ATC_ONNX_OPS, CANN_ONNX_PARSERS, oldest_cann, run_atc, unreadable
+from lit_nanogpt.export.manifest import GRAPHS, Graph, Manifest, TensorSpec, past_names
 from lit_nanogpt.export.settings import ExportSettings
+from lit_nanogpt.files import replacing
 from lit_nanogpt.model import GPT
-from lit_nanogpt.npu.atc import ATC_ONNX_OPS, CANN_ONNX_PARSERS, oldest_cann, run_atc, unreadable
 from lit_nanogpt.text import Vocabulary
 
 log = logging.getLogger(__name__)
 
 # Large enough that exp() of it is exactly 0 in fp32, small enough to stay finite in fp16 on Ascend.
 _MASKED = -1.0e4
-
-
-# The fp32 graphs of an export folder, each ``<name>.onnx``.
-GRAPHS = ("full", "prefill", "decode", "prefill_static", "decode_static")
-STATIC_GRAPHS = ("prefill_static", "decode_static")
-
-
-def past_names(n_layer: int, prefix: str) -> list[str]:
-    """``{prefix}_key_0, {prefix}_value_0, ...``: the flat order of one KV cache's tensors."""
-    return [f"{prefix}_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
 
 
 class FullContextGraph(nn.Module):

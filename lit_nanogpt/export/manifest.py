@@ -9,32 +9,59 @@ Version 1 (lit-nanogpt before the typed manifest) left ``atc`` out instead; it r
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_nanogpt.files import sha256
 from lit_nanogpt.model import GPTConfig
-from lit_nanogpt.npu.atc import AtcRecord
-from lit_nanogpt.text import umask
 
 FORMAT = "lit-nanogpt-onnx"
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+GRAPHS = ("full", "prefill", "decode", "prefill_static", "decode_static")
+"""The graphs of an export folder, each also as ``<name>_int8`` when int8 copies are written."""
+STATIC_GRAPHS = ("prefill_static", "decode_static")
+"""The fixed-shape KV-cache pair that atc and the CANN provider compile."""
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def past_names(n_layer: int, prefix: str) -> list[str]:
+    """The cache inputs (``prefix`` ``past``) or outputs (``present``) of the KV-cache graphs, per layer."""
+    return [f"{prefix}_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")]
+
+
+@dataclass
+class AtcStatic:
+    """What the manifest keeps of compiling one graph of the static pair."""
+
+    command: str
+    """The command line, with the export folder's final path."""
+    om: str | None = None
+    """The compiled file's name, ``None`` when atc did not run."""
+    log: str | None = None
+    """atc's log file's name, ``None`` when atc did not run."""
+
+
+@dataclass
+class AtcRecord:
+    """What the manifest keeps of the atc step."""
+
+    soc_version: str
+    command: str
+    """The full graph's command line, with the export folder's final path, to compile it later by hand."""
+    om: str | None = None
+    """The full graph's compiled file's name, ``None`` when atc did not run."""
+    log: str | None = None
+    """atc's log file's name, ``None`` when atc did not run."""
+    static: dict[str, AtcStatic] = field(default_factory=dict)
+    """Per graph of the static pair (``prefill_static``, ``decode_static``), its command, .om and log;
+    empty for an export without the pair."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AtcRecord:
+        static = {name: AtcStatic(**r) for name, r in d.get("static", {}).items()}
+        return cls(**{**d, "static": static})
 
 
 @dataclass
@@ -96,6 +123,11 @@ class Manifest:
     @property
     def block_size(self) -> int:
         return self.model.block_size
+
+    @property
+    def static_graphs(self) -> list[str]:
+        """The static pair's graphs this folder holds (none for an export from before them)."""
+        return [g for g in STATIC_GRAPHS if g in self.graphs]
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
@@ -180,36 +212,3 @@ class Manifest:
         for graph in self.graphs.values():
             if graph.file not in self.files:
                 raise ValueError(f"{folder}: graph {graph.file} is not listed in the manifest's files; export again")
-
-
-@contextmanager
-def replacing(target: Path, copy: bool = False) -> Iterator[Path]:
-    """A fresh folder beside ``target`` (a copy of it with ``copy=True``) that replaces it when the block succeeds.
-
-    If the block raises, the new folder is removed and ``target`` is left exactly as it was; the old
-    ``target`` is removed only once the new one is in its place.
-    """
-    if target.is_file():
-        raise ValueError(f"export target {target} is a file: pass a folder path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    new = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-    new.chmod(0o777 & ~umask())  # mkdtemp makes it 0700; the export should be as readable as any new folder
-    try:
-        if copy:
-            shutil.copytree(target, new, dirs_exist_ok=True)
-        yield new
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-        try:
-            new.rename(target)
-        except BaseException:
-            if old is not None:
-                old.rename(target)
-            raise
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -23,16 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_nanogpt.export.graphs import STATIC_GRAPHS, past_names
-from lit_nanogpt.export.manifest import Manifest
+from lit_nanogpt.export.ascend import Runner, ascend_runners
+from lit_nanogpt.export.manifest import STATIC_GRAPHS, Manifest, past_names
 from lit_nanogpt.model import sample_next
 from lit_nanogpt.text import Vocabulary
 
 WINDOWS = ("exact", "half")
 BACKENDS = ("auto", "cpu", "cann", "om")
 CACHES = ("auto", "dynamic", "static")
-# One runner per graph name, in place of onnxruntime (an .om on Ascend): feeds by input name -> outputs.
-Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
 def _session(path: Path, providers: list[Any], threads: int | None):
@@ -247,7 +245,7 @@ def open_export(
 ) -> tuple[ExportedGPT, str]:
     """The export in ``folder`` on the best backend installed, and that backend's name.
 
-    ``auto`` picks an Ascend backend when one is installed (``lit_nanogpt.npu.om.open_on_ascend``:
+    ``auto`` picks an Ascend backend when one is installed (``lit_nanogpt.export.ascend.ascend_runners``:
     the ``.om`` through ais_bench, else onnxruntime's CANN execution provider), else onnxruntime on CPU;
     with ``int8`` it is the CPU (the int8 graphs are CPU-only). ``cache="auto"`` is ``static`` on the
     Ascend backends (fixed shapes: one compiled model per graph) and ``dynamic`` on the CPU.
@@ -264,8 +262,8 @@ def open_export(
         )
     manifest = Manifest.read(folder)
     if backend != "cpu" and not int8:
-        from lit_nanogpt.npu.om import open_on_ascend
-
-        if (on_ascend := open_on_ascend(Path(folder), manifest, backend, cache)) is not None:
-            return on_ascend
+        if (on := ascend_runners(Path(folder), manifest, backend, cache)) is not None:
+            exported = ExportedGPT(folder, manifest=manifest, cache=on.cache, providers=on.providers,
+                                   full_runner=on.full_runner, runners=on.runners)  # fmt: skip
+            return exported, on.name
     return ExportedGPT(folder, int8, manifest=manifest, cache="dynamic" if cache == "auto" else cache), "cpu"

@@ -1,6 +1,6 @@
 """The export's settings, defined once.
 
-``ExportSettings`` (with ``lit_nanogpt.npu.atc.AtcOptions`` nested as ``atc``) is what the fit-end
+``ExportSettings`` (with ``lit_nanogpt.export.atc.AtcOptions`` nested as ``atc``) is what the fit-end
 callback takes as ``init_args.settings``, what ``lit-nanogpt export`` turns into options (``--opset``,
 ``--atc.soc_version``, ...) and, for ``AtcOptions``, what tools/atc/compile.py takes. Each field's
 docstring is its help text.
@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 from jsonargparse import ArgumentParser, set_parsing_settings
 
-from lit_nanogpt.npu.atc import AtcOptions
+from lit_nanogpt.export.atc import AtcOptions
 
 T = TypeVar("T")
 

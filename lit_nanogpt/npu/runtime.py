@@ -115,14 +115,6 @@ def npu_module(what: str = "accelerator='npu'") -> ModuleType:
     return torch.npu  # type: ignore[attr-defined]  # registered by torch_npu
 
 
-def torch_npu_module() -> ModuleType | None:
-    """The imported ``torch_npu`` package, or ``None``."""
-    try:
-        return importlib.import_module("torch_npu")
-    except Exception:
-        return None
-
-
 def visible_device_count() -> int:
     """NPUs this process may use: ``torch.npu.device_count()``, within ``ASCEND_RT_VISIBLE_DEVICES``.
 

@@ -1,4 +1,5 @@
-"""Lightning's single-device and DDP strategies on NPUs, saving checkpoints that load without ``torch_npu``."""
+"""Lightning's single-device and DDP strategies on NPUs, saving checkpoints (``AtomicCheckpointIO``) that load
+without ``torch_npu``."""
 
 from __future__ import annotations
 
@@ -6,32 +7,16 @@ from typing import Any
 
 import torch
 from lightning.fabric.strategies.registry import _StrategyRegistry
-from lightning.fabric.utilities.apply_func import move_data_to_device
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.overrides.distributed import _register_ddp_comm_hook
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
+from lit_nanogpt.checkpoint_io import AtomicCheckpointIO
 from lit_nanogpt.npu.runtime import npu_module
 
 
-class _SavesOnCPU:
-    """Moves every tensor of a checkpoint to the CPU before writing it.
-
-    A tensor saved on an NPU records its device, and ``torch.load`` of it needs torch_npu even with
-    ``map_location``'s help in some versions; CPU tensors load anywhere.
-    """
-
-    is_global_zero: bool
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None) -> None:
-        if self.is_global_zero:  # only rank 0 writes, so only rank 0 pays for the copy
-            checkpoint = move_data_to_device(checkpoint, torch.device("cpu"))
-        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)  # type: ignore[misc]
-
-
-class SingleNPUStrategy(_SavesOnCPU, SingleDeviceStrategy):
+class SingleNPUStrategy(SingleDeviceStrategy):
     """One NPU: Lightning's ``SingleDeviceStrategy`` rooted at ``npu:N``."""
 
     strategy_name = "single_npu"
@@ -45,6 +30,7 @@ class SingleNPUStrategy(_SavesOnCPU, SingleDeviceStrategy):
         device = f"npu:{device}" if isinstance(device, int) else device
         if str(device).startswith("npu"):
             npu_module(f"SingleNPUStrategy(device={str(device)!r})")  # imports torch_npu: "npu" becomes a device type
+        kwargs["checkpoint_io"] = kwargs.get("checkpoint_io") or AtomicCheckpointIO()
         super().__init__(device=torch.device(device), **kwargs)
 
     @classmethod
@@ -54,7 +40,7 @@ class SingleNPUStrategy(_SavesOnCPU, SingleDeviceStrategy):
             strategy_registry.register(cls.strategy_name, cls, description=cls.__doc__)
 
 
-class DDPNPUStrategy(_SavesOnCPU, DDPStrategy):
+class DDPNPUStrategy(DDPStrategy):
     """Several NPUs: Lightning's ``DDPStrategy`` with CANN's ``hccl`` collective backend.
 
     Everything but the backend is Lightning's, so the same class runs on CPUs with ``gloo`` (as the
@@ -69,6 +55,7 @@ class DDPNPUStrategy(_SavesOnCPU, DDPStrategy):
             process_group_backend: ``torch.distributed`` backend; ``hccl`` on NPUs, ``gloo`` on CPUs.
             kwargs: Any other argument of Lightning's ``DDPStrategy`` (``start_method``, ``timeout``, ...).
         """
+        kwargs["checkpoint_io"] = kwargs.get("checkpoint_io") or AtomicCheckpointIO()
         super().__init__(process_group_backend=process_group_backend, **kwargs)
 
     @override

@@ -7,7 +7,7 @@
 Compiles ``full.onnx`` and, where the export has them, the static KV-cache pair ``prefill_static.onnx``
 and ``decode_static.onnx`` (each its own ``.om`` with fixed ``--input_shape``). The ``.om`` files and
 atc's logs land beside the graphs; ``lit-nanogpt generate --onnx DIR`` then runs them through ais_bench
-where it is installed. The options are ``lit_nanogpt.npu.atc.AtcOptions``' fields, as ``--atc.*`` of
+where it is installed. The options are ``lit_nanogpt.export.atc.AtcOptions``' fields, as ``--atc.*`` of
 ``lit-nanogpt export`` are. See tools/atc/README.md.
 """
 
@@ -20,16 +20,17 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from lit_nanogpt.export.manifest import Manifest, replacing
+from lit_nanogpt.export.atc import AtcOptions, atc_command, run_atc
+from lit_nanogpt.export.manifest import Manifest
 from lit_nanogpt.export.settings import add_arguments, from_options
-from lit_nanogpt.npu.atc import AtcOptions, atc_command, run_atc, static_graphs
+from lit_nanogpt.files import replacing
 
 
 def compile_om(folder: Path, options: AtcOptions, print_only: bool = False) -> None:
     """Run atc on ``folder``'s graphs and record the ``.om`` files in its manifest, or only print the commands."""
     manifest = Manifest.read(folder)
     if print_only:
-        for graph in ["full", *static_graphs(manifest)]:
+        for graph in ["full", *manifest.static_graphs]:
             print(shlex.join(atc_command(folder.resolve(), manifest, options, graph=graph)))
         return
     if options.executable() is None:

@@ -15,7 +15,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lit_nanogpt.export.manifest import AtcRecord, AtcStatic
 
 if TYPE_CHECKING:
     from lit_nanogpt.export.manifest import Manifest
@@ -144,47 +146,9 @@ class AtcOptions:
         return shutil.which("atc")
 
 
-@dataclass
-class AtcStatic:
-    """What the manifest keeps of compiling one graph of the static pair."""
-
-    command: str
-    """The command line, with the export folder's final path."""
-    om: str | None = None
-    """The compiled file's name, ``None`` when atc did not run."""
-    log: str | None = None
-    """atc's log file's name, ``None`` when atc did not run."""
-
-
-@dataclass
-class AtcRecord:
-    """What the manifest keeps of the atc step."""
-
-    soc_version: str
-    command: str
-    """The full graph's command line, with the export folder's final path, to compile it later by hand."""
-    om: str | None = None
-    """The full graph's compiled file's name, ``None`` when atc did not run."""
-    log: str | None = None
-    """atc's log file's name, ``None`` when atc did not run."""
-    static: dict[str, AtcStatic] = field(default_factory=dict)
-    """Per graph of the static pair (``prefill_static``, ``decode_static``), its command, .om and log;
-    empty for an export without the pair."""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AtcRecord:
-        static = {name: AtcStatic(**r) for name, r in d.get("static", {}).items()}
-        return cls(**{**d, "static": static})
-
-
 def om_stem(soc_version: str, graph: str = "full") -> str:
     """The name, without ``.om``, of the model atc compiles from ``graph`` for ``soc_version``."""
     return f"{graph}_{soc_version}"
-
-
-def static_graphs(manifest: Manifest) -> list[str]:
-    """The static pair's graphs that ``manifest`` lists (none for an export from before them)."""
-    return [g for g in ("prefill_static", "decode_static") if g in manifest.graphs]
 
 
 def atc_command(
@@ -246,7 +210,7 @@ def run_atc(folder: Path, final: Path, manifest: Manifest, options: AtcOptions) 
     Without atc (or with ``enabled=False``) the commands go to ``atc_command.sh`` (the full graph's
     first, then the static pair's, one a line) and one plain line on stderr says so.
     """
-    graphs = static_graphs(manifest)
+    graphs = manifest.static_graphs
     later = {g: shlex.join(atc_command(final.resolve(), manifest, options, graph=g)) for g in ["full", *graphs]}
     record = AtcRecord(options.soc_version, later["full"], static={g: AtcStatic(later[g]) for g in graphs})
     executable = options.executable() if options.enabled else None

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from lit_nanogpt.export.manifest import Graph, Manifest
-    from lit_nanogpt.export.onnxrt import ExportedGPT, Runner
+from lit_nanogpt.export.manifest import STATIC_GRAPHS, Graph, Manifest
+
+# One runner per graph name, in place of onnxruntime (an .om on Ascend): feeds by input name -> outputs.
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
 def ais_bench_available() -> bool:
@@ -77,29 +79,40 @@ def cann_provider_options(device_id: int = 0) -> dict[str, str]:
     return {"device_id": str(device_id), "enable_cann_graph": "1", "dump_graphs": "0", "dump_om_model": "0"}
 
 
-def open_on_ascend(
-    folder: Path, manifest: Manifest, backend: str, cache: str = "auto"
-) -> tuple[ExportedGPT, str] | None:
-    """The export on an Ascend backend and its name, or ``None`` when ``backend="auto"`` finds none.
+@dataclass
+class AscendRunners:
+    """How to run an export on an Ascend backend: what ``ExportedGPT`` takes in place of onnxruntime on CPU."""
+
+    name: str
+    """``om`` or ``cann``."""
+    cache: str
+    """``static`` or ``dynamic``."""
+    runners: dict[str, Runner] = field(default_factory=dict)
+    """Per graph name, its ``.om`` through ais_bench."""
+    full_runner: Callable[[np.ndarray], np.ndarray] | None = None
+    """The full graph's ``.om`` (no cache: a whole window per token)."""
+    providers: list[Any] | None = None
+    """onnxruntime's execution providers (the CANN provider first)."""
+
+
+def ascend_runners(folder: Path, manifest: Manifest, backend: str, cache: str = "auto") -> AscendRunners | None:
+    """The runners of the export on an Ascend backend, or ``None`` when ``backend="auto"`` finds none.
 
     ``om``: the ``.om`` files through ais_bench: the static pair's (``cache`` ``auto`` or ``static``)
     or the full graph's (``dynamic``: a whole window per token); ``cann``: the ONNX graphs through
     onnxruntime's CANN execution provider, the static pair unless ``cache="dynamic"`` (which compiles
     a model per new input shape: one per generated token); ``auto``: the first of the two installed.
     """
-    from lit_nanogpt.export.graphs import STATIC_GRAPHS
-    from lit_nanogpt.export.onnxrt import ExportedGPT
-
     atc = manifest.atc
     static_om = {g: r.om for g, r in atc.static.items() if r.om} if atc is not None else {}
     has_static = all(g in static_om for g in STATIC_GRAPHS)
     if backend in ("auto", "om") and ais_bench_available():
         if cache != "dynamic" and has_static:
             runners = {g: om_graph_runner(folder / static_om[g], manifest.graphs[g]) for g in STATIC_GRAPHS}
-            return ExportedGPT(folder, manifest=manifest, cache="static", runners=runners), "om"
+            return AscendRunners("om", "static", runners=runners)
         if cache != "static" and atc is not None and atc.om:
             runner = om_runner(folder / atc.om, full_mode(manifest))
-            return ExportedGPT(folder, full_runner=runner, manifest=manifest), "om"
+            return AscendRunners("om", "dynamic", full_runner=runner)
     if backend == "om":
         if not ais_bench_available():
             why = "ais_bench is not installed"
@@ -115,7 +128,7 @@ def open_on_ascend(
             cann = [("CANNExecutionProvider", cann_provider_options()), "CPUExecutionProvider"]
             static = cache == "static" or (cache == "auto" and all(g in manifest.graphs for g in STATIC_GRAPHS))
             kind = "static" if static else "dynamic"
-            return ExportedGPT(folder, providers=cann, manifest=manifest, cache=kind), "cann"
+            return AscendRunners("cann", kind, providers=cann)
         if backend == "cann":
             raise ValueError("backend=cann needs onnxruntime built with the CANN execution provider (onnxruntime-cann)")
     return None
