@@ -35,6 +35,15 @@ class OnnxExport(Callback):
         self.settings = settings if settings is not None else ExportSettings()
         self.last_manifest: Manifest | None = None
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """What only the model can tell (``dynamic_dims`` against its block_size), before the first step."""
+        dims, block_size = self.settings.dynamic_dims, cast(LitGPT, pl_module).model.config.block_size
+        if stage == "fit" and dims and dims[-1] > block_size:
+            raise ValueError(
+                f"OnnxExport settings.dynamic_dims={dims} go past the model's block_size={block_size}: "
+                "use lengths between 1 and block_size"
+            )
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return

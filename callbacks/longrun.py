@@ -18,6 +18,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lit_nanogpt.callbacks.metrics import total_grad_norm
 
+from lit_nanogpt.trainer_state import current_lr
+
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
     """Where the run's ``last.ckpt`` goes: the first ``save_last`` ModelCheckpoint's, else ``<root>/checkpoints``."""
@@ -143,7 +145,7 @@ class StopOnNonFinite(Callback):
                                 f"(scale now {float(scaler.get_scale()):g})")  # fmt: skip
 
     def _stop(self, trainer: L.Trainer, what: str) -> None:
-        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        lr = current_lr(trainer)
         _finish_wandb(trainer, 1)
         raise NonFiniteLossError(
             f"{what} at step {trainer.global_step}: stopped before the weights changed, so the checkpoints "

@@ -10,6 +10,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_nanogpt.trainer_state import current_lr, is_logging_step
+
 Curve = list[tuple[int, float]]  # (step, value)
 
 
@@ -69,13 +71,13 @@ class LossCurve(Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if trainer._logger_connector.should_update_logs:
-            self._lr_now = trainer.optimizers[0].param_groups[0]["lr"]  # before the scheduler steps
+        if is_logging_step(trainer):
+            self._lr_now = current_lr(trainer)  # before the scheduler steps
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not trainer._logger_connector.should_update_logs or not outputs:
+        if not is_logging_step(trainer) or not outputs:
             return
         # The training_step loss (what LitGPT logs as train_loss), which Lightning divides by the accumulation.
         loss = float(outputs["loss"]) * trainer.accumulate_grad_batches

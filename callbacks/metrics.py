@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nanogpt.model import GPT
+from lit_nanogpt.trainer_state import is_logging_step
 
 # Dense fp16/bf16 peak FLOP/s of one device, the denominator nanoGPT's estimate_mfu uses (A100: 312e12),
 # matched as a substring of the device name; the first match wins, so specific names come first.
@@ -115,7 +116,7 @@ class TrainingMetrics(Callback):
     @staticmethod
     def _logging(trainer: L.Trainer) -> bool:
         # Lightning's LearningRateMonitor asks the same question the same way.
-        return bool(trainer.loggers) and trainer._logger_connector.should_update_logs
+        return bool(trainer.loggers) and is_logging_step(trainer)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int

@@ -246,6 +246,10 @@ class RunFolder:
         self._fd: int | None = None
 
     def __enter__(self) -> RunFolder:
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(
+                f"--trainer.default_root_dir {self.root} is a file, not a folder: pass a folder path for the run"
+            )
         if not self.trainer.is_global_zero:
             return self
         self.root.mkdir(parents=True, exist_ok=True)
@@ -375,4 +379,26 @@ def _config_files(args: list[str]) -> list[Path]:
 
 def run_lightning_cli(argv: list[str] | None = None, prog: str = "lit-nanogpt", description: str = "") -> None:
     """``fit``, ``validate``, ``test`` and ``predict``: ``argv`` or the command line, as program ``prog``."""
-    LitNanoGPTCLI(args=argv, prog=prog, description=description)
+    try:
+        LitNanoGPTCLI(args=argv, prog=prog, description=description)
+    except ValueError as e:
+        if (reason := _settings_error(str(e))) is None:
+            raise
+        raise ValueError(reason) from None
+
+
+# jsonargparse's lines around a settings class's own error when it tries each type a config value may have.
+_UNION_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Expected a <class", "Given value",
+                "Not a valid subclass", "Subclass types expect", "a class path", "a dict ")  # fmt: skip
+
+
+def _settings_error(message: str) -> str | None:
+    """The one line a settings class raised at construction (``ExportSettings(opset=99)`` in a config), out of the
+    tree jsonargparse wraps it in; None when ``message`` is not such a tree."""
+    if "\n" not in message or not message.startswith(_UNION_NOISE[0]):
+        return None
+    for line in message.splitlines():
+        text = line.strip().removeprefix("- ")
+        if text and not text.startswith(_UNION_NOISE):
+            return f"{text} (in the config's settings)"
+    return None

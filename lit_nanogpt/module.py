@@ -16,6 +16,7 @@ from lit_nanogpt.model import GPT, SHAKESPEARE_CHAR, GPTConfig
 from lit_nanogpt.optim import MuonAdamW, nanogpt_lr, wsd_lr
 from lit_nanogpt.sampling import SamplingSettings
 from lit_nanogpt.text import Vocabulary
+from lit_nanogpt.trainer_state import current_lr, is_logging_step
 
 
 class LitGPT(L.LightningModule):
@@ -134,8 +135,8 @@ class LitGPT(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # The rate this step uses: the scheduler steps before on_train_batch_end. Logging steps only, the
         # test Lightning's LearningRateMonitor makes. Throughput is TrainingMetrics' (lit_nanogpt.callbacks).
-        if self.trainer._logger_connector.should_update_logs:
-            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        if is_logging_step(self.trainer):
+            self.log("lr", current_lr(self.trainer))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

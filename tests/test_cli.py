@@ -181,6 +181,37 @@ def error_of(capsys: pytest.CaptureFixture, *args: str) -> str:
     return lines[0]
 
 
+def test_settings_are_checked_when_made_so_a_config_typo_fails_before_training(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """``ExportSettings`` checks its values at construction: the fit-end export's ``opset: 99`` stops the fit before
+    its first step (no checkpoint), not after the whole run; a run folder that is a file is one line too."""
+    from lit_nanogpt.export import ExportSettings
+
+    with pytest.raises(ValueError, match="opset=99 is outside what atc parses"):
+        ExportSettings(opset=99)
+    with pytest.raises(ValueError, match="batch_size=0 must be at least 1"):
+        ExportSettings(batch_size=0)
+    with pytest.raises(ValueError, match="has 1 distinct length"):
+        ExportSettings(dynamic_dims=[8, 8])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lit_nanogpt.callbacks.OnnxExport\n"
+        "      init_args:\n        settings:\n          opset: 99\n"
+    )
+    run = tmp_path / "run"
+    line = error_of(capsys, *tiny_fit_args(run, steps=2), "--config", str(bad))
+    assert "opset=99 is outside what atc parses: 9-13 (CANN 5.0+), 8-18 (CANN 7.0+)" in line
+    assert not (run / "checkpoints").exists()
+    bad.write_text(bad.read_text().replace("opset: 99", "dynamic_dims: [8, 64]"))  # TINY's block_size is 16
+    line = error_of(capsys, *tiny_fit_args(run, steps=2), "--config", str(bad))
+    assert "dynamic_dims=[8, 64] go past the model's block_size=16" in line
+    assert not (run / "checkpoints").exists()
+    (tmp_path / "a_file").write_text("")
+    line = error_of(capsys, *tiny_fit_args(tmp_path / "a_file", steps=2))
+    assert "default_root_dir" in line and "is a file, not a folder" in line
+
+
 @pytest.mark.parametrize(
     "option,match",
     [

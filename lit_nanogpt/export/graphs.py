@@ -294,26 +294,10 @@ def export_model(
         The manifest, as written into ``out``.
     """
     settings = settings if settings is not None else ExportSettings()
-    opset, batch_size, dynamic_dims = settings.opset, settings.batch_size, settings.dynamic_dims
-    first = min(p.opsets[0] for p in CANN_ONNX_PARSERS)
-    last = max(p.opsets[1] for p in CANN_ONNX_PARSERS)
-    if not first <= opset <= last:
-        ranges = ", ".join(f"{p.opsets[0]}-{p.opsets[1]} (CANN {p.cann}+)" for p in CANN_ONNX_PARSERS)
-        raise ValueError(f"opset={opset} is outside what atc parses: {ranges}; use 15, or 13 for CANN 5.0")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    opset, batch_size, dynamic_dims = settings.opset, settings.batch_size, settings.dynamic_dims  # checked by it
     config = model.config
-    if dynamic_dims is not None:
-        dynamic_dims = sorted(set(dynamic_dims))
-        if not dynamic_dims or dynamic_dims[0] < 1 or dynamic_dims[-1] > config.block_size:
-            raise ValueError(
-                f"dynamic_dims={dynamic_dims} must be lengths between 1 and block_size={config.block_size}"
-            )
-        if not 2 <= len(dynamic_dims) <= 100:  # atc's --dynamic_dims takes 2 to 100 profiles
-            raise ValueError(
-                f"dynamic_dims={dynamic_dims} has {len(dynamic_dims)} distinct length(s): atc's --dynamic_dims "
-                "takes 2 to 100 profiles; leave dynamic_dims unset for one fixed length (block_size)"
-            )
+    if dynamic_dims is not None and dynamic_dims[-1] > config.block_size:
+        raise ValueError(f"dynamic_dims={dynamic_dims} must be lengths between 1 and block_size={config.block_size}")
     if len(vocab) != config.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocab)} characters but the model's vocab_size={config.vocab_size}")
     out = Path(out)

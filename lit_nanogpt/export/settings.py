@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 from jsonargparse import ArgumentParser, set_parsing_settings
 
-from lit_nanogpt.export.atc import AtcOptions
+from lit_nanogpt.export.atc import CANN_ONNX_PARSERS, AtcOptions
 
 T = TypeVar("T")
 
@@ -39,6 +39,28 @@ class ExportSettings:
     atc: AtcOptions | None = field(default_factory=AtcOptions)
     """Compiling ``full.onnx`` and the static pair for Ascend; ``None`` leaves the atc step out (no command
     written, no record)."""
+
+    def __post_init__(self) -> None:
+        """Checked when made, so that a config's typo fails before training, not in the fit-end export."""
+        first = min(p.opsets[0] for p in CANN_ONNX_PARSERS)
+        last = max(p.opsets[1] for p in CANN_ONNX_PARSERS)
+        if not first <= self.opset <= last:
+            ranges = ", ".join(f"{p.opsets[0]}-{p.opsets[1]} (CANN {p.cann}+)" for p in CANN_ONNX_PARSERS)
+            raise ValueError(f"opset={self.opset} is outside what atc parses: {ranges}; use 15, or 13 for CANN 5.0")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be at least 1")
+        if not self.tolerance > 0:
+            raise ValueError(f"tolerance={self.tolerance} must be above 0, e.g. 1e-4")
+        if self.dynamic_dims is not None:
+            dims = sorted(set(self.dynamic_dims))
+            if not dims or dims[0] < 1:
+                raise ValueError(f"dynamic_dims={self.dynamic_dims} must be lengths of at least 1, up to block_size")
+            if not 2 <= len(dims) <= 100:  # atc's --dynamic_dims takes 2 to 100 profiles
+                raise ValueError(
+                    f"dynamic_dims={self.dynamic_dims} has {len(dims)} distinct length(s): atc's --dynamic_dims "
+                    "takes 2 to 100 profiles; leave dynamic_dims unset for one fixed length (block_size)"
+                )
+            self.dynamic_dims = dims
 
 
 def add_arguments(parser: ArgumentParser, cls: type, nested_key: str | None = None, skip: Iterable[str] = ()) -> None:

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 from typing_extensions import override
 
 from lit_nanogpt.npu.runtime import npu_module
+from lit_nanogpt.trainer_state import is_logging_step
 
 SUPPORTED = ("16-mixed", "bf16-mixed", "32-true")
 
@@ -117,7 +118,7 @@ class NPUPrecision(MixedPrecision):
             # update() lowers the scale exactly when step() found inf/NaN gradients and skipped the step.
             self._skipped = self._skipped + (after < before).int()  # queued on the device, not read
         trainer = getattr(model, "_trainer", None)
-        if trainer is not None and trainer._logger_connector.should_update_logs:
+        if trainer is not None and is_logging_step(trainer):
             model.log("loss_scale", float(self.scaler.get_scale()), on_step=True, on_epoch=False)
             model.log("skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
         return output
