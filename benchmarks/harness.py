@@ -71,7 +71,7 @@ def rotated(names: Sequence[str], i: int) -> list[str]:
     return [*names[k:], *names[:k]]
 
 
-def describe(value: Measurement) -> str:
+def describe(arm: str, value: Measurement) -> str:
     if isinstance(value, Mapping):
         return ", ".join(f"{k} {v:.4g}" for k, v in value.items())
     return f"{value:.4g}"
