@@ -1,54 +1,58 @@
 #!/usr/bin/env python
-"""What ``lit-nanogpt generate`` prints, against nanoGPT's sampling method, alternating in one run.
+"""Generation: what ``lit-nanogpt generate`` prints against nanoGPT's method, tokens/s of every path in one
+process, and what the int8 weights and the ``half`` window cost in quality.
 
-    python benchmarks/bench_generate.py --repeats 5 --out /tmp/bench_generate.json
+    python benchmarks/bench_generate.py cli [--repeats 5] [--tokens 200] [--checkpoint CKPT] [--out F.json]
+    python benchmarks/bench_generate.py speed [--repeats 3] [--lengths 200 500] [--out F.json]
+    python benchmarks/bench_generate.py quality [--val_tokens 4000] [--out F.json]
 
-Model: nanoGPT's Shakespeare-char config, 10.65M parameters (6 layers, 6 heads, 384 wide, block 256,
-vocab 65), with random weights (``torch.manual_seed(0)``; the time per token does not depend on their
-values), or a trained lit-nanogpt checkpoint with ``--checkpoint``. Batch 1, prompt "ROMEO:", 200 new
-tokens (206 positions: within block_size, as in sample.py's use), temperature 0.8 and top_k 200
-(sample.py's defaults), seed 1337.
+Model (``cli``, ``speed``): nanoGPT's Shakespeare-char shape, 10.65M parameters (6 layers, 6 heads, 384
+wide, block 256, vocab 65), random weights (``torch.manual_seed(0)``; the time per token does not depend
+on their values), written as nanoGPT's own ``ckpt.pt``/``meta.pkl`` and imported with ``import_nanogpt``;
+``--tiny`` (2 layers, 32 wide, block 64) for a smoke test. Batch 1, prompt "ROMEO:", temperature 0.8,
+top_k 200 (sample.py's defaults), seed 1337.
 
-- nanoGPT's method: sample.py's loop (``GPT.generate`` in nanoGPT's model.py), written here against our
-  ``GPT``: no cache, the whole context (cropped to block_size) forwarded again for every new token,
-  fp32 eager PyTorch under ``torch.no_grad``, in this process; timed around the loop alone, the model
-  loaded and warmed beforehand, as ``generate`` times itself.
-- lit-nanogpt: the real ``lit-nanogpt generate`` command in a process of its own, the tokens/s it prints
-  (which times generation alone): ``--checkpoint`` (PyTorch, KV cache, fp32), ``--onnx DIR``
-  (onnxruntime fp32) and ``--onnx DIR --int8 true``.
-
-Each repeat runs every variant next to a nanoGPT-method run, the order swapped every repeat so that a
-change in the machine's load falls on both sides; reported: each side's median tokens/s, every
-per-pair ratio and their median, and issue 11's targets (ONNX fp32 >= 10x, int8 >= 20x).
+- ``cli``: the real ``python -m lit_nanogpt generate`` in a process of its own, the tokens/s it prints
+  (generation alone) and its ``Loaded ... in S s`` line: ``--checkpoint`` (PyTorch, KV cache, fp32),
+  ``--onnx DIR`` (onnxruntime fp32) and ``--onnx DIR --int8 true``; each alternated with nanoGPT's method
+  (sample.py's loop, written here against our ``GPT``: no cache, the whole context cropped to
+  block_size forwarded again per token, fp32 eager, in this process, the model warmed beforehand);
+  medians, per-pair ratios and their median, and issue 11's targets (ONNX fp32 >= 10x, int8 >= 20x).
+- ``speed``: in this process, alternating, every round: ``GPT.generate`` without and with the KV
+  cache (2 torch threads and 1), the export opened with ``open_export`` in fp32 and int8, and past
+  block_size the ``half`` window; best and median tokens/s. Then one full-window forward of the
+  exported graphs, the export's time (fp32 only, and with int8), graph sizes and parity.
+- ``quality``: nanoGPT's baby model (tests/fixtures/nanogpt_baby, trained, block 64): loss over every
+  non-overlapping window of the validation split in PyTorch and through the fp32 and int8 ``full``
+  graphs (onnxruntime), and the stream NLL of the first ``--val_tokens`` characters fed token by token
+  with the exact and the ``half`` window.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
-import platform
 import re
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from harness import ROOT, alternate, cli, format_list, machine_info, machine_line, run_process
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from lit_nanogpt.checkpoint import import_nanogpt, load_model  # noqa: E402
-from lit_nanogpt.export import ExportSettings, export_model  # noqa: E402
-from lit_nanogpt.model import GPT, GPTConfig, sample_next  # noqa: E402
-from lit_nanogpt.sampling import SEPARATOR  # noqa: E402
-from lit_nanogpt.text import SHIPPED_CORPUS, Vocabulary  # noqa: E402
+from lit_nanogpt.checkpoint import import_nanogpt, load_model
+from lit_nanogpt.data import CharDataModule
+from lit_nanogpt.export import ExportSettings, export_model, open_export
+from lit_nanogpt.model import GPT, GPTConfig, sample_next
+from lit_nanogpt.sampling import SEPARATOR
+from lit_nanogpt.text import SHIPPED_CORPUS, Vocabulary
 
 SHAKESPEARE_CHAR = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.0, bias=False)
+TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=65, dropout=0.0, bias=False)
+BABY = ROOT / "tests" / "fixtures" / "nanogpt_baby"
 PROMPT, SEED, TEMPERATURE, TOP_K = "ROMEO:", 1337, 0.8, 200
 # Variant -> the options after ``lit-nanogpt generate``; {ckpt} and {onnx} are filled in. Target: issue 11's.
 VARIANTS = {
@@ -60,6 +64,23 @@ TOKENS_LINE = re.compile(r"^(\d+) tokens in [\d.]+ s \(([\d.]+) tokens/s\)$", re
 LOADED_LINE = re.compile(r"^Loaded .* in ([\d.]+) s$", re.M)
 
 
+def random_checkpoint(work: Path, config: GPTConfig) -> Path:
+    """Random weights (seed 0) through nanoGPT's own files and import-nanogpt: what a nanoGPT run would give."""
+    torch.manual_seed(0)
+    model = GPT(config)
+    chars = Vocabulary.from_text(SHIPPED_CORPUS.read_text(encoding="utf-8")).chars  # Tiny Shakespeare's 65
+    torch.save({"model": model.state_dict(), "model_args": vars(config)}, work / "ckpt.pt")
+    with (work / "meta.pkl").open("wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
+                     "stoi": {c: i for i, c in enumerate(chars)}}, f)  # fmt: skip
+    return import_nanogpt(work / "ckpt.pt", work / "meta.pkl", work / "model.ckpt")
+
+
+def prompt_ids(vocab: Vocabulary) -> torch.Tensor:
+    return torch.from_numpy(vocab.encode(PROMPT))[None]  # (1, T)
+
+
+# ---- cli ----
 @torch.no_grad()
 def nanogpt_method(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """nanoGPT's sampling: every token forwards the whole context again (cropped to block_size); no cache."""
@@ -69,111 +90,212 @@ def nanogpt_method(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.
     return idx
 
 
-def time_nanogpt_method(model: GPT, vocab: Vocabulary, tokens: int) -> tuple[float, str]:
+def time_nanogpt_method(model: GPT, vocab: Vocabulary, tokens: int) -> dict:
     """tokens/s of nanoGPT's method, and its text (prompt and continuation), from sample.py's seed."""
-    idx = torch.from_numpy(vocab.encode(PROMPT))[None]  # (1, T)
     torch.manual_seed(SEED)
     start = time.perf_counter()
-    out = nanogpt_method(model, idx, tokens)
-    return tokens / (time.perf_counter() - start), vocab.decode(out[0])
+    out = nanogpt_method(model, prompt_ids(vocab), tokens)
+    return {"tokens_per_s": tokens / (time.perf_counter() - start), "text": vocab.decode(out[0])}
 
 
-def lit_nanogpt_command() -> list[str]:
-    """The installed ``lit-nanogpt`` script beside this Python, else ``python -m lit_nanogpt`` (the same main)."""
-    script = Path(sys.executable).with_name("lit-nanogpt")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "lit_nanogpt"]
-
-
-def run_generate(options: list[str], tokens: int) -> tuple[float, float, str]:
-    """``lit-nanogpt generate OPTIONS``: the tokens/s it prints, its load time, and the text it printed."""
-    cmd = [*lit_nanogpt_command(), "generate", *options, f"--prompt={PROMPT}", f"--max_new_tokens={tokens}",
-           f"--temperature={TEMPERATURE}", f"--top_k={TOP_K}", f"--seed={SEED}", "--num_samples=1"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+def run_generate(options: list[str], tokens: int) -> dict:
+    """``python -m lit_nanogpt generate OPTIONS``: the tokens/s it prints, its load time, and its text."""
+    cmd = cli("generate", *options, f"--prompt={PROMPT}", f"--max_new_tokens={tokens}", f"--temperature={TEMPERATURE}",
+              f"--top_k={TOP_K}", f"--seed={SEED}", "--num_samples=1")  # fmt: skip
+    done = run_process(cmd, cwd=ROOT)
     rate, loaded = TOKENS_LINE.search(done.stderr), LOADED_LINE.search(done.stderr)
-    if done.returncode != 0 or rate is None or loaded is None or int(rate.group(1)) != tokens:
-        raise SystemExit(f"{' '.join(cmd)} failed (exit code {done.returncode}):\n{done.stderr[-2000:]}")
-    return float(rate.group(2)), float(loaded.group(1)), done.stdout.split("\n" + SEPARATOR)[0]
+    if rate is None or loaded is None or int(rate.group(1)) != tokens:
+        raise SystemExit(f"{' '.join(cmd)} printed no tokens/s or Loaded line:\n{done.stderr[-2000:]}")
+    return {"tokens_per_s": float(rate.group(2)), "load_s": float(loaded.group(1)),
+            "text": done.stdout.split("\n" + SEPARATOR)[0]}  # fmt: skip
 
 
-def prepare(work: Path, checkpoint: str | None) -> tuple[Path, Path, str]:
-    """A lit-nanogpt checkpoint (random 10.65M weights unless ``checkpoint``), its ONNX export with the
-    int8 graphs, and a description of the weights."""
-    if checkpoint is None:
-        torch.manual_seed(0)
-        model = GPT(SHAKESPEARE_CHAR)
-        chars = Vocabulary.from_text(SHIPPED_CORPUS.read_text(encoding="utf-8")).chars  # Tiny Shakespeare's 65
-        # Through nanoGPT's own files and import-nanogpt: the checkpoint any user's nanoGPT run would give.
-        torch.save({"model": model.state_dict(), "model_args": vars(SHAKESPEARE_CHAR)}, work / "ckpt.pt")
-        with (work / "meta.pkl").open("wb") as f:
-            pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
-                         "stoi": {c: i for i, c in enumerate(chars)}}, f)  # fmt: skip
-        ckpt, weights = import_nanogpt(work / "ckpt.pt", work / "meta.pkl", work / "model.ckpt"), "random (seed 0)"
+def bench_cli(work: Path, args: argparse.Namespace) -> dict:
+    if args.checkpoint is None:
+        ckpt, weights = random_checkpoint(work, TINY if args.tiny else SHAKESPEARE_CHAR), "random (seed 0)"
     else:
-        ckpt, weights = Path(checkpoint), f"trained: {checkpoint}"
+        ckpt, weights = Path(args.checkpoint), f"trained: {args.checkpoint}"
     model, vocab = load_model(ckpt)
     export_model(model, vocab, work / "export", ExportSettings(int8=True, atc=None), source=str(ckpt))
-    return ckpt, work / "export", weights
+    info = {"weights": weights, "params": model.get_num_params(), "config": vars(model.config), "tokens": args.tokens}
+    print(json.dumps(info), flush=True)
+    nanogpt_method(model, prompt_ids(vocab), 2)  # warm, as generate warms itself
+    summary, rounds = {}, {}
+    for name, (options, target) in VARIANTS.items():
+        options = [o.format(ckpt=ckpt, onnx=work / "export") for o in options]
+        arms = {"nanoGPT's method": lambda i: time_nanogpt_method(model, vocab, args.tokens),
+                name: lambda i, options=options: run_generate(options, args.tokens)}  # fmt: skip
+        results = alternate(arms, args.repeats, show=lambda arm, r: f"{r['tokens_per_s']:.1f} tokens/s")
+        ratio = results.ratio(name, "nanoGPT's method", "tokens_per_s")
+        summary[name] = {
+            "tokens_per_s": results.median(name, "tokens_per_s"),
+            "load_s": results.median(name, "load_s"),
+            "nanogpt_tokens_per_s": results.median("nanoGPT's method", "tokens_per_s"),
+            "ratio": ratio,
+            "ratios": [round(r, 2) for r in results.ratios(name, "nanoGPT's method", "tokens_per_s")],
+            "same_text_as_nanogpt_method": all(
+                r[name]["text"] == r["nanoGPT's method"]["text"] for r in results.rounds
+            ),
+            "target": target,
+            "met": None if target is None else ratio >= target,
+        }
+        rounds[name] = [{arm: {k: v for k, v in r[arm].items() if k != "text"} for arm in r} for r in results.rounds]
+    print(f"\n{args.tokens} new tokens, batch 1, {weights} weights, medians of {args.repeats} pairs:")
+    for name, row in summary.items():
+        verdict = (
+            "" if row["target"] is None else f"  target >= {row['target']:g}x: {'met' if row['met'] else 'NOT met'}"
+        )
+        print(f"  {name:20s} {row['tokens_per_s']:8.1f} tokens/s (loaded in {row['load_s']:.2f} s)  vs nanoGPT's "
+              f"{row['nanogpt_tokens_per_s']:6.1f}: {row['ratio']:5.2f}x (per pair {format_list(row['ratios'])})"
+              f"{verdict}  same text: {'yes' if row['same_text_as_nanogpt_method'] else 'no'}"
+              f"{' (int8 weights: other logits, so other samples)' if 'int8' in name else ''}")  # fmt: skip
+    return {"info": info, "rounds": rounds, "summary": summary}
+
+
+# ---- speed ----
+def with_threads(n: int, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with ``n`` torch intra-op threads (PyTorch's threads spin as onnxruntime's do by default)."""
+
+    def run() -> object:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
+
+
+def bench_speed(work: Path, args: argparse.Namespace) -> dict:
+    model, vocab = load_model(random_checkpoint(work, TINY if args.tiny else SHAKESPEARE_CHAR))
+    model.eval()
+    block = model.config.block_size
+    start = time.perf_counter()
+    export_model(model, vocab, work / "export_fp32", ExportSettings(int8=False, atc=None))
+    export_fp32_s = time.perf_counter() - start
+    start = time.perf_counter()
+    manifest = export_model(model, vocab, work / "export", ExportSettings(int8=True, atc=None))
+    export_s = time.perf_counter() - start
+    print(f"export: {export_fp32_s:.1f} s fp32 graphs only, {export_s:.1f} s with int8", flush=True)
+    idx = prompt_ids(vocab)
+    fp32, _ = open_export(work / "export", backend="cpu")
+    int8, _ = open_export(work / "export", int8=True, backend="cpu")
+    fp32.generate(idx, 2), int8.generate(idx, 2)  # open the sessions outside the timing
+    out: dict = {"params": model.get_num_params(), "export_s": export_s, "export_fp32_s": export_fp32_s,
+                 "sizes": {name: (work / "export" / name).stat().st_size for name in manifest.files},
+                 "max_abs_diff": manifest.max_abs_diff, "tokens_per_s": {}}  # fmt: skip
+    kw = {"temperature": 0.8, "top_k": 200}
+    for n in args.lengths:
+        paths = {
+            "eager_recompute": lambda n=n: model.generate(idx, n, use_cache=False, **kw),
+            "eager_cache": lambda n=n: model.generate(idx, n, use_cache=True, **kw),
+            "onnx_fp32_cache": lambda n=n: fp32.generate(idx, n, **kw),
+            "onnx_int8_cache": lambda n=n: int8.generate(idx, n, **kw),
+            "eager_recompute_1thread": with_threads(1, lambda n=n: model.generate(idx, n, use_cache=False, **kw)),
+            "eager_cache_1thread": with_threads(1, lambda n=n: model.generate(idx, n, use_cache=True, **kw)),
+        }
+        if n + len(PROMPT) > block:
+            paths["onnx_fp32_cache_half_window"] = lambda n=n: fp32.generate(idx, n, window="half", **kw)
+            paths["onnx_int8_cache_half_window"] = lambda n=n: int8.generate(idx, n, window="half", **kw)
+
+        def rate(fn: Callable[[], object], n: int = n) -> float:
+            torch.manual_seed(SEED)
+            start = time.perf_counter()
+            fn()
+            return n / (time.perf_counter() - start)
+
+        arms = {name: lambda i, fn=fn: rate(fn) for name, fn in paths.items()}
+        results = alternate(arms, args.repeats, show=lambda name, r, n=n: f"{n} tokens {r:8.1f} tokens/s")
+        for name in paths:
+            best, median = results.best(name), results.median(name)
+            out["tokens_per_s"][f"{name}@{n}"] = {"best": best, "median": median, "rounds": results.values(name)}
+            print(f"{n:4d} tokens  {name:30s} best {best:8.1f}  median {median:8.1f} tokens/s", flush=True)
+    # Past block_size, exact semantics cost one full-window forward per token:
+    ctx = np.zeros((1, block), dtype=np.int64)
+    timed = {}
+    for name, g in (("fp32", fp32), ("int8", int8)):
+        g.full(ctx)
+        timed[name] = lambda i, g=g: _seconds(lambda: g.full(ctx)) * 1e3
+    results = alternate(timed, 3 * args.repeats, show=None)
+    for name in timed:
+        out[f"full_window_ms_{name}"] = results.best(name, higher=False)
+        print(f"full-window forward ({block} positions), {name}: best {out[f'full_window_ms_{name}']:.1f} ms")
+    return out
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---- quality ----
+def onnx_window_loss(graph: Path, val: np.ndarray, block: int, n: int) -> float:
+    """Mean loss of the ``full`` graph (onnxruntime, logits for every position) over ``n`` windows."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    total = 0.0
+    for i in range(n):
+        w = val[i * block : (i + 1) * block + 1]
+        (logits,) = session.run(None, {"idx": w[None, :block]})  # (1, T, V)
+        z = logits[0].astype(np.float64)
+        zmax = z.max(-1, keepdims=True)
+        total += float(np.mean(np.log(np.exp(z - zmax).sum(-1)) + zmax[:, 0] - z[np.arange(block), w[1:]]))
+    return total / n
+
+
+def bench_quality(work: Path, args: argparse.Namespace) -> dict:
+    model, vocab = load_model(import_nanogpt(BABY / "ckpt.pt", BABY / "meta.pkl", work / "baby.ckpt"))
+    manifest = export_model(model, vocab, work / "baby", ExportSettings(int8=True, atc=None))
+    block = model.config.block_size
+    dm = CharDataModule(block_size=block, cache_dir=str(work / "cache"))
+    val = dm.corpus.split("val").numpy().astype(np.int64)
+    n = (len(val) - 1) // block  # nanoGPT's figure: every non-overlapping window of the split
+    if args.windows:
+        n = min(n, args.windows)
+    out: dict = {"windows": n}
+    with torch.no_grad():
+        losses = [model(torch.from_numpy(val[i * block : (i + 1) * block])[None],
+                        torch.from_numpy(val[i * block + 1 : (i + 1) * block + 1])[None])[1].item()
+                  for i in range(n)]  # fmt: skip
+    out["val_loss_pytorch"] = float(np.mean(losses))
+    for name, int8 in (("fp32", False), ("int8", True)):
+        graph = work / "baby" / manifest.graphs["full_int8" if int8 else "full"].file
+        out[f"val_loss_onnx_{name}"] = onnx_window_loss(graph, val, block, n)
+        g, _ = open_export(work / "baby", int8=int8, backend="cpu")
+        for window in ("exact", "half"):  # generation-style scoring: past block_size the window applies
+            out[f"stream_nll_{name}_{window}"] = g.nll(val[: args.val_tokens], start=1, window=window)
+    out["int8_val_loss_cost"] = out["val_loss_onnx_int8"] - out["val_loss_onnx_fp32"]
+    print(json.dumps(out, indent=1))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="pairs per variant (the order swaps every repeat)")
-    parser.add_argument("--tokens", type=int, default=200, help="new tokens per run")
-    parser.add_argument("--checkpoint", help="a trained lit-nanogpt checkpoint instead of random 10.65M weights")
-    parser.add_argument("--out", type=Path, help="write the figures here as JSON")
+    modes = parser.add_subparsers(dest="mode", required=True)
+    p = modes.add_parser("cli", help="what lit-nanogpt generate prints, against nanoGPT's method")
+    p.add_argument("--repeats", type=int, default=5, help="pairs per variant (the order swaps every pair)")
+    p.add_argument("--tokens", type=int, default=200, help="new tokens per run")
+    p.add_argument("--checkpoint", help="a trained lit-nanogpt checkpoint instead of random 10.65M weights")
+    p = modes.add_parser("speed", help="tokens/s of every generation path, in this process")
+    p.add_argument("--repeats", type=int, default=3, help="rounds; each path's best and median are reported")
+    p.add_argument("--lengths", type=int, nargs="+", default=[200, 500])
+    p = modes.add_parser("quality", help="int8 and half-window cost on nanoGPT's baby model")
+    p.add_argument("--val_tokens", type=int, default=4000, help="tokens of validation text scored as a stream")
+    p.add_argument("--windows", type=int, help="only the first N validation windows (a smoke test)")
+    for p in modes.choices.values():
+        p.add_argument("--out", type=Path, help="write the figures here as JSON")
+        if p is not modes.choices["quality"]:
+            p.add_argument("--tiny", action="store_true", help="a 2-layer, 32-wide model (a smoke test)")
     args = parser.parse_args()
-    import onnxruntime
-
+    print(machine_line(), flush=True)
+    bench = {"cli": bench_cli, "speed": bench_speed, "quality": bench_quality}[args.mode]
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        ckpt, onnx_dir, weights = prepare(work, args.checkpoint)
-        model, vocab = load_model(ckpt)
-        info = {
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "torch_threads": torch.get_num_threads(), "weights": weights, "params": model.get_num_params(),
-            "config": vars(model.config), "tokens": args.tokens, "prompt": PROMPT, "temperature": TEMPERATURE,
-            "top_k": TOP_K, "seed": SEED, "command": lit_nanogpt_command()[0],
-        }  # fmt: skip
-        print(json.dumps(info), flush=True)
-        nanogpt_method(model, torch.from_numpy(vocab.encode(PROMPT))[None], 2)  # warm, as generate warms itself
-        pairs: list[dict] = []
-        for repeat in range(args.repeats):
-            for name, (options, _) in VARIANTS.items():
-                options = [o.format(ckpt=ckpt, onnx=onnx_dir) for o in options]
-                if repeat % 2 == 0:
-                    nano, nano_text = time_nanogpt_method(model, vocab, args.tokens)
-                    rate, load_s, text = run_generate(options, args.tokens)
-                else:
-                    rate, load_s, text = run_generate(options, args.tokens)
-                    nano, nano_text = time_nanogpt_method(model, vocab, args.tokens)
-                pair = {"repeat": repeat, "variant": name, "tokens_per_s": rate, "nanogpt_tokens_per_s": nano,
-                        "ratio": rate / nano, "load_s": load_s, "same_text": text == nano_text}  # fmt: skip
-                pairs.append(pair)
-                print(f"repeat {repeat + 1}  {name:20s} {rate:8.1f} tokens/s (loaded in {load_s:.2f} s)   "
-                      f"nanoGPT's method {nano:6.1f} tokens/s   {pair['ratio']:5.1f}x", flush=True)  # fmt: skip
-
-    summary = {}
-    print(f"\n{args.tokens} new tokens, batch 1, {weights} weights, medians of {args.repeats} repeats:")
-    for name, (_, target) in VARIANTS.items():
-        mine = [p for p in pairs if p["variant"] == name]
-        row = {
-            "tokens_per_s": statistics.median(p["tokens_per_s"] for p in mine),
-            "nanogpt_tokens_per_s": statistics.median(p["nanogpt_tokens_per_s"] for p in mine),
-            "ratio": statistics.median(p["ratio"] for p in mine),
-            "ratios": [round(p["ratio"], 2) for p in mine],
-            "same_text_as_nanogpt_method": all(p["same_text"] for p in mine),
-            "target": target,
-        }
-        row["met"] = None if target is None else row["ratio"] >= target
-        summary[name] = row
-        verdict = "" if target is None else f"  target >= {target:g}x: {'met' if row['met'] else 'NOT met'}"
-        print(f"  {name:20s} {row['tokens_per_s']:8.1f} tokens/s  vs nanoGPT's {row['nanogpt_tokens_per_s']:6.1f}:"
-              f" {row['ratio']:5.1f}x (per repeat {row['ratios']}){verdict}"
-              f"  same text: {'yes' if row['same_text_as_nanogpt_method'] else 'no'}"
-              f"{' (int8 weights: other logits, so other samples)' if 'int8' in name else ''}")  # fmt: skip
+        result = {"machine": machine_info(), "torch_threads": torch.get_num_threads(), **bench(Path(tmp), args)}
     if args.out:
-        args.out.write_text(json.dumps({"info": info, "pairs": pairs, "summary": summary}, indent=1))
+        args.out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

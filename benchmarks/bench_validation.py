@@ -6,25 +6,24 @@
 The model is the CPU recipe's (4 layers, 4 heads, 128 wide, context 64; random weights: the time does
 not depend on their values); the pass is what ``validate`` computes, every non-overlapping 64-token
 window of the Tiny Shakespeare validation split (1742), plain forwards with targets under
-``torch.inference_mode``. Each round times every batch size once, in turn; the table gives the median
-over rounds. Then ``torch.profiler`` over 20 batches of 64 windows gives each op's share of the time,
-and the pass's matmul FLOPs are counted.
+``torch.inference_mode``. Each round times every batch size once, the order rotated every round
+(``harness.alternate``); the table gives the median over rounds. Then ``torch.profiler`` over 20
+batches of 64 windows gives each op's share of the time, and the pass's matmul FLOPs are counted.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 
 import torch
+from bench_loop import CPU_ARCH
+from harness import alternate, format_list, machine_line, print_table
 from torch.profiler import profile
 
 from lit_nanogpt.data import CharDataModule
-from lit_nanogpt.model import GPT, GPTConfig
-
-CPU_ARCH = GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False)
+from lit_nanogpt.model import GPT
 
 
 def windows() -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,19 +48,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
     args = parser.parse_args()
+    print(machine_line(), flush=True)
     torch.manual_seed(0)
     model = GPT(CPU_ARCH).eval()
     x, y = windows()
     one_pass(model, x, y, 64)  # warm-up
-    times: dict[int, list[float]] = {b: [] for b in args.batch_sizes}
-    for _ in range(args.rounds):
-        for b in args.batch_sizes:
-            times[b].append(one_pass(model, x, y, b))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(x)} windows, {args.rounds} rounds")
-    print("| validation batch | one pass, median s | per round |")
-    print("| ---: | ---: | --- |")
-    for b, ts in times.items():
-        print(f"| {b} | {statistics.median(ts):.3f} | {', '.join(f'{t:.3f}' for t in ts)} |")
+    arms = {str(b): lambda i, b=b: one_pass(model, x, y, b) for b in args.batch_sizes}
+    results = alternate(arms, args.rounds, show=lambda b, s: f"batch {b}: {s:.3f} s")
+    print(f"\n{torch.get_num_threads()} torch threads, {len(x)} windows, {args.rounds} rounds")
+    rows = [[b, f"{results.median(b):.3f}", format_list(results.values(b), 3)] for b in arms]
+    print_table(["validation batch", "one pass, median s", "per round"], rows)
 
     with torch.inference_mode(), profile() as prof:
         for xb, yb in zip(x[: 20 * 64].split(64), y[: 20 * 64].split(64), strict=True):
