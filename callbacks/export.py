@@ -10,7 +10,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nanogpt.checkpoint import load_model
-from lit_nanogpt.export import ExportSettings, Manifest, export_model
+from lit_nanogpt.export.manifest import Manifest
+from lit_nanogpt.export.settings import ExportSettings
 from lit_nanogpt.module import LitGPT
 
 
@@ -57,6 +58,8 @@ class OnnxExport(Callback):
             if module.vocab is None:
                 raise ValueError("the model has no vocabulary to export: train it with CharDataModule")
             model, vocab, source = module.model, module.vocab, f"final weights, step {trainer.global_step}"
+        from lit_nanogpt.export.graphs import export_model  # onnx (about 1 s to import), only when exporting
+
         manifest = export_model(model, vocab, out, self.settings, source=source)
         worst = max(manifest.max_abs_diff.values())
         rank_zero_info(f"Exported {source} to {out} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})")

@@ -112,7 +112,7 @@ class RandomWindows(IterableDataset):
     draws one batch ahead), and a stream loaded with it continues with the batch that would have
     come next. Each rank draws from its own generator (the run's seed plus an offset for the rank, added
     when drawing) and all ranks take the same number of batches, so the state holds nothing of a rank:
-    rank 0's, the one Lightning writes, resumes every rank on its own windows (tests/test_longruns.py,
+    rank 0's, the one Lightning writes, resumes every rank on its own windows (tests/e2e/test_longruns.py,
     two-process DDP). That needs the run's seed on every rank, which ``seed_everything`` gives; with
     ``seed_everything: false`` a resumed rank 1 draws from rank 0's seed, not the one it started with.
     """

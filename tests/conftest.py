@@ -1,4 +1,9 @@
-"""The suite's fixtures (all of it runs on CPU); what tests import is in tests/helpers.py."""
+"""The suite's fixtures (all of it runs on CPU); what tests import is in tests/helpers.py.
+
+Layout: ``tests/unit`` runs in-process, ``tests/e2e`` starts real processes (every test there is marked
+``slow``), ``tests/npu`` holds the Ascend fakes and the hardware-gated tests. ``pytest -m "not slow"`` is
+the quick local loop, and a test outside ``slow`` that starts a process fails, naming the fix.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from pathlib import Path
 # import it during `import torch` and, without CANN's set_env.sh, fail. The NPU tests import it
 # themselves (RunIf(npu=True), lit_nanogpt.npu); TORCH_DEVICE_BACKEND_AUTOLOAD=1 restores torch's way.
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+
+import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -30,3 +37,27 @@ def baby_ckpt(tmp_path: Path) -> Path:
     from lit_nanogpt.checkpoint import import_nanogpt
 
     return import_nanogpt(NANOGPT_BABY / "ckpt.pt", NANOGPT_BABY / "meta.pkl", tmp_path / "baby.ckpt")
+
+
+# Module fixtures outside tests/e2e that run real processes (the 2-rank DDP fit, torchrun, the fake-NPU runs):
+# the tests that use them are slow too.
+PROCESS_FIXTURES = {"ddp_run", "two_nodes", "fake"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "e2e" in item.path.parts or PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _processes_only_in_slow_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep ``-m "not slow"`` quick: a real process (a CLI run, a DDP rank, W&B's service) needs the ``slow`` mark."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    name = request.node.nodeid
+
+    def refuse(self: subprocess.Popen, args: object, *rest: object, **kwargs: object) -> None:
+        raise RuntimeError(f"{name} starts a process ({args!r}): mark it @pytest.mark.slow or move it to tests/e2e")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)

@@ -130,3 +130,13 @@ def run_without_torch_npu(code: str, timeout: float = 300) -> subprocess.Complet
     """
     env = {"PYTHONPATH": str(ROOT), "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}
     return run_python("-c", "import sys; sys.modules['torch_npu'] = None\n" + code, env=env, timeout=timeout)
+
+
+def error_of(capsys: pytest.CaptureFixture, *args: str) -> str:
+    """Run the CLI in-process; assert it failed with exactly one line, and return that line."""
+    from lit_nanogpt.commands import main
+
+    assert main(list(args)) == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("lit-nanogpt: error:")]
+    assert len(lines) == 1
+    return lines[0]

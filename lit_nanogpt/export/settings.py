@@ -49,8 +49,6 @@ class ExportSettings:
             raise ValueError(f"opset={self.opset} is outside what atc parses: {ranges}; use 15, or 13 for CANN 5.0")
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be at least 1")
-        if not self.tolerance > 0:
-            raise ValueError(f"tolerance={self.tolerance} must be above 0, e.g. 1e-4")
         if self.dynamic_dims is not None:
             dims = sorted(set(self.dynamic_dims))
             if not dims or dims[0] < 1:

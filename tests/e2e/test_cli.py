@@ -14,7 +14,7 @@ import torch
 from lit_nanogpt.cli import LitNanoGPTCLI
 from lit_nanogpt.commands import main
 from lit_nanogpt.model import GPTConfig
-from tests.helpers import FIXTURES, NANOGPT_BABY, ROOT, TINY, run_cli
+from tests.helpers import FIXTURES, NANOGPT_BABY, ROOT, TINY, error_of, run_cli
 
 REFERENCE_CURVE = FIXTURES / "tiny_loss_curve.json"
 
@@ -171,14 +171,6 @@ def test_every_shipped_config_parses() -> None:
         assert cli.model.config.vocab_size == 65  # linked from the data
         assert cli.datamodule.hparams.block_size == cli.model.config.block_size  # linked to the data
         assert cli.trainer.max_steps > 0
-
-
-def error_of(capsys: pytest.CaptureFixture, *args: str) -> str:
-    """Run the CLI in-process; assert it failed with exactly one line, and return that line."""
-    assert main(list(args)) == 1
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("lit-nanogpt: error:")]
-    assert len(lines) == 1
-    return lines[0]
 
 
 def test_settings_are_checked_when_made_so_a_config_typo_fails_before_training(

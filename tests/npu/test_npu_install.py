@@ -52,12 +52,14 @@ def lit_nanogpt_command(*args: str, env: dict[str, str], cwd: Path) -> subproces
     return run_python("-c", code, *args, cwd=cwd, env=env, inherit_env=False)
 
 
+@pytest.mark.slow  # a real process
 def test_the_stand_in_breaks_import_torch_as_torch_npu_does(broken_host: dict[str, str], tmp_path: Path) -> None:
     proc = run_python("-c", "import torch", env=broken_host, inherit_env=False)
     assert proc.returncode != 0
     assert "Failed to load the backend extension: torch_npu" in proc.stderr and CANN_MISSING in proc.stderr
 
 
+@pytest.mark.slow  # a real process
 def test_generate_on_cpu_works(broken_host: dict[str, str], baby_ckpt: Path, tmp_path: Path) -> None:
     proc = lit_nanogpt_command("generate", f"--checkpoint={baby_ckpt}", "--prompt=ROMEO:", "--max_new_tokens=20",
                                env=broken_host, cwd=tmp_path)  # fmt: skip
@@ -65,6 +67,7 @@ def test_generate_on_cpu_works(broken_host: dict[str, str], baby_ckpt: Path, tmp
     assert proc.stdout.startswith("ROMEO:") and "tokens/s" in proc.stderr
 
 
+@pytest.mark.slow  # a real process
 def test_tiny_fit_on_cpu_works(broken_host: dict[str, str], tmp_path: Path) -> None:
     args = ["fit", f"--config={CPU_CONFIG}", *(f"--model.arch.{k}={v}" for k, v in TINY.items())]
     args += ["--trainer.max_steps=3", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
@@ -76,6 +79,7 @@ def test_tiny_fit_on_cpu_works(broken_host: dict[str, str], tmp_path: Path) -> N
     assert "torch_npu" not in proc.stderr  # a CPU run does not even try it
 
 
+@pytest.mark.slow  # a real process
 def test_asking_for_the_npu_is_one_line_and_exit_1(broken_host: dict[str, str], tmp_path: Path) -> None:
     proc = lit_nanogpt_command("fit", f"--config={NPU_CONFIG}", "--trainer.accelerator=npu", env=broken_host,
                                cwd=tmp_path)  # fmt: skip
@@ -86,6 +90,7 @@ def test_asking_for_the_npu_is_one_line_and_exit_1(broken_host: dict[str, str], 
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # a real process
 def test_torch_npu_for_another_torch_is_named_before_it_is_imported(tmp_path: Path) -> None:
     """torch_npu 2.9.0 next to torch 2.13: named with both versions; importing it would crash or worse."""
     env = host_with_torch_npu(tmp_path / "site", "2.9.0.post9")

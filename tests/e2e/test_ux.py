@@ -4,6 +4,7 @@ that needs no corpus, any corpus training with the shipped configs, and a README
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -63,28 +64,35 @@ NO_NEWLINE = (ROOT / "lit_nanogpt/assets/tinyshakespeare.txt").read_text()[:40_0
 @pytest.fixture(scope="module")
 def no_newline_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
     """Each shipped config's fit, tiny, on a corpus without a newline: {config name: (corpus, run folder, W&B dir,
-    the finished process)}.
+    the finished process)}. The six processes run at once: most of each is start-up, which two cores overlap.
 
     The GPU and NPU recipes run on the CPU here, in fp32 and uncompiled; what they share with the others
     (callbacks, logger, sampling) is the point.
     """
+    started = {}
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}  # what a user sees, not the suite's quiet
+    for config in CONFIGS:
+        tmp = tmp_path_factory.mktemp(config.stem)
+        corpus, root, wandb_dir = tmp / "no_newline.txt", tmp / "run", tmp / "wandb"
+        corpus.write_text(NO_NEWLINE)
+        args = [
+            sys.executable, "-m", "lit_nanogpt",
+            "fit", "--config", str(config), *(f"--model.arch.{k}={v}" for k, v in TINY.items()),
+            f"--data.data_path={corpus}", "--trainer.accelerator=cpu", "--trainer.max_steps=4",
+            "--trainer.precision=32-true", "--model.compile=false",  # the GPU recipes' bf16 and compile: slow here
+            "--trainer.val_check_interval=2", "--trainer.limit_val_batches=2", "--data.val_batch_size=64",
+            f"--trainer.default_root_dir={root}",
+        ]  # fmt: skip
+        own = {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "LIT_NANOGPT_CACHE": str(tmp / "cache")}
+        proc = subprocess.Popen(args, cwd=ROOT, env={**env, **own, "PYTHONUNBUFFERED": "1"}, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        started[config.name] = (corpus, root, wandb_dir, proc)
     runs = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("WANDB_SILENT", raising=False)  # what a user sees, not what the test suite's fixture asks for
-        for config in CONFIGS:
-            tmp = tmp_path_factory.mktemp(config.stem)
-            corpus, root, wandb_dir = tmp / "no_newline.txt", tmp / "run", tmp / "wandb"
-            corpus.write_text(NO_NEWLINE)
-            result = run_cli(
-                "fit", "--config", str(config), *(f"--model.arch.{k}={v}" for k, v in TINY.items()),
-                f"--data.data_path={corpus}", "--trainer.accelerator=cpu", "--trainer.max_steps=4",
-                "--trainer.precision=32-true", "--model.compile=false",  # the GPU recipes' bf16 and compile: slow here
-                "--trainer.val_check_interval=2", "--trainer.limit_val_batches=2", "--data.val_batch_size=64",
-                f"--trainer.default_root_dir={root}",
-                env={"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "LIT_NANOGPT_CACHE": str(tmp / "cache")},
-            )  # fmt: skip
-            assert result.returncode == 0, f"{config.name}: {result.stderr[-2000:]}"
-            runs[config.name] = (corpus, root, wandb_dir, result)
+    for name, (corpus, root, wandb_dir, proc) in started.items():
+        stdout, stderr = proc.communicate(timeout=600)
+        result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
+        runs[name] = (corpus, root, wandb_dir, result)
     return runs
 
 

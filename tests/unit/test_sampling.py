@@ -22,8 +22,7 @@ from lit_nanogpt.data import Vocabulary
 from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.module import LitGPT
 from lit_nanogpt.sampling import SamplingSettings
-from tests.helpers import NANOGPT_BABY, TINY
-from tests.test_cli import error_of
+from tests.helpers import NANOGPT_BABY, TINY, error_of
 
 
 def help_text(capsys: pytest.CaptureFixture, *args: str) -> str:

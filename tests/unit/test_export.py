@@ -494,6 +494,7 @@ def test_failed_export_keeps_the_previous_one(baby: tuple[Path, Path], tmp_path:
 
 
 # ---- atc ----
+@pytest.mark.slow  # a real process
 @pytest.mark.parametrize("dims", [None, [16, 32, 64]])
 def test_fake_atc_compiles_the_full_graph(
     baby: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dims: list[int] | None
@@ -534,6 +535,7 @@ def test_fake_atc_compiles_the_full_graph(
         assert vocab.decode(exported.generate(idx, 200, temperature=0.0)[0]) == EXPECTED["greedy"]
 
 
+@pytest.mark.slow  # a real process
 def test_failing_atc_fails_clearly_and_keeps_the_previous_export(
     baby: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -577,6 +579,7 @@ def test_no_atc_writes_the_command_and_goes_on(
     assert notices == [f"atc is not on PATH: compile for Ascend310B1 later with {out / 'atc_command.sh'}"]
 
 
+@pytest.mark.slow  # a real process
 def test_atc_tool_prints_and_runs_the_command(
     baby: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -166,6 +166,7 @@ def test_no_npu_here_and_nothing_raises() -> None:
     assert "torch_npu" not in sys.modules  # never imported at top level, and not installed here
 
 
+@pytest.mark.slow  # a real process
 def test_npu_package_imports_no_torch_npu_and_no_onnx() -> None:
     """The accelerator registration and the atc step stay cheap to import: the export's onnx comes only with it."""
     code = (
@@ -211,6 +212,7 @@ def test_auto_never_picks_a_missing_npu() -> None:
     assert trainer.strategy.root_device == torch.device("cpu")
 
 
+@pytest.mark.slow  # a real process
 @without_torch_npu
 def test_command_line_without_npu_is_one_line_and_exit_1(tmp_path: Path) -> None:
     proc = run_cli("fit", "--config", str(NPU_CONFIG), cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})

@@ -1,14 +1,11 @@
-"""Imports run one way: no cycle in the package, and the light commands import only what they use."""
+"""Imports run one way: no cycle in the package (tests/e2e/test_light_commands.py: what each command imports)."""
 
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import ROOT, run_python
+from tests.helpers import ROOT
 
 # Where each top-level package of the project lives (callbacks/ installs as lit_nanogpt.callbacks).
 PACKAGES = {"lit_nanogpt": ROOT / "lit_nanogpt", "lit_nanogpt.callbacks": ROOT / "callbacks"}
@@ -140,45 +137,3 @@ def test_the_training_plugin_knows_nothing_of_the_export() -> None:
     assert not {dep for name in npu for dep in graph[name] if dep.startswith("lit_nanogpt.export")}
     export = {name for name in graph if name.startswith("lit_nanogpt.export")}
     assert not {dep for name in export for dep in graph[name] if dep.startswith("lit_nanogpt.npu")}
-
-
-# What a command's process has imported when it ends, read from sys.modules at exit.
-_PROBE = """
-import atexit, json, os, sys
-def report():
-    with open(os.environ["PROBE_OUT"], "w") as f:
-        json.dump(sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "onnx", "lit_nanogpt")), f)
-atexit.register(report)
-sys.argv = ["lit-nanogpt", *sys.argv[1:]]
-from lit_nanogpt.__main__ import main
-raise SystemExit(main())
-"""
-
-
-@pytest.fixture(scope="module")
-def baby(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from tests.helpers import export_baby
-
-    return export_baby(tmp_path_factory.mktemp("light"), int8=False)
-
-
-def _imported_by(tmp_path: Path, *args: str) -> set[str]:
-    out = tmp_path / "modules.json"
-    done = run_python("-c", _PROBE, *args, cwd=tmp_path, env={"PROBE_OUT": str(out)})
-    assert done.returncode == 0, done.stderr[-2000:]
-    return set(json.loads(out.read_text()))
-
-
-def test_light_commands_import_neither_lightning_nor_onnx(baby: tuple[Path, Path], tmp_path: Path) -> None:
-    ckpt, export = baby
-    tops = lambda modules: {m.split(".")[0] for m in modules if m.split(".")[0] != "lit_nanogpt"}  # noqa: E731
-    onnx_run = _imported_by(tmp_path, "generate", f"--onnx={export}", "--max_new_tokens=3")
-    assert "lit_nanogpt.export.onnxrt" in onnx_run  # the probe sees the package's own modules
-    assert tops(onnx_run) == set(), "generate --onnx imports neither lightning nor onnx"
-    ckpt_run = _imported_by(tmp_path, "generate", f"--checkpoint={ckpt}", "--max_new_tokens=3")
-    assert "lit_nanogpt.generate" in ckpt_run
-    assert "lightning" not in tops(ckpt_run)
-    exported = _imported_by(tmp_path, "export", f"--checkpoint={ckpt}", f"--out={tmp_path / 'again'}", "--int8=false")
-    assert "onnx" in tops(exported)  # the export step itself needs onnx: the probe would see lightning too
-    assert "lightning" not in tops(exported)
-    assert "lightning" not in tops(_imported_by(tmp_path, "--help"))

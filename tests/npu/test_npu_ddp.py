@@ -99,6 +99,7 @@ def test_validation_over_two_ranks_equals_one_process(ddp_run: Path) -> None:
     assert two_ranks == pytest.approx(one, abs=1e-5)
 
 
+@pytest.mark.slow  # a real process
 def test_checkpoint_is_on_cpu_and_loads_without_torch_npu(ddp_run: Path) -> None:
     code = (
         f"import torch; ckpt = torch.load({str(ddp_run / 'model.ckpt')!r}, weights_only=True)\n"  # no map_location
