@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -106,9 +105,11 @@ def _storage_error(e: OSError) -> str | None:
 
     Nothing good is lost: checkpoints, caches and exports are written beside their target and renamed.
     """
+    from lit_nanogpt.files import target_of
+
     where = str(e.filename or "a file")
-    if partial := re.fullmatch(r"\.(.+)\.partial-\w+", Path(where).name):  # an export's temporary folder
-        where = str(Path(where).with_name(partial[1]))
+    if (target := target_of(Path(where))) is not None:  # a temporary file or folder: name what it was for
+        where = str(target)
     fix = "pass another --trainer.default_root_dir (export: --out) or --data.cache_dir"
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left on the device holding {where}: free some space, or {fix}"
