@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,8 +46,9 @@ from harness import ROOT, alternate, cli, format_list, machine_info, machine_lin
 
 from lit_nanogpt.checkpoint import import_nanogpt, load_model
 from lit_nanogpt.data import CharDataModule
+from lit_nanogpt.decoding import Backend, Sampler, TorchBackend, generate, nll, sample_next
 from lit_nanogpt.export import ExportSettings, export_model, open_export
-from lit_nanogpt.model import GPT, GPTConfig, sample_next
+from lit_nanogpt.model import GPT, GPTConfig
 from lit_nanogpt.sampling import SEPARATOR
 from lit_nanogpt.text import SHIPPED_CORPUS, Vocabulary
 
@@ -181,23 +183,28 @@ def bench_speed(work: Path, args: argparse.Namespace) -> dict:
     idx = prompt_ids(vocab)
     fp32, _ = open_export(work / "export", backend="cpu")
     int8, _ = open_export(work / "export", int8=True, backend="cpu")
-    fp32.generate(idx, 2), int8.generate(idx, 2)  # open the sessions outside the timing
+    ids = idx.tolist()
+    torch_backend = TorchBackend(model)
+
+    def run(backend: Backend, n: int, **options: Any) -> list[list[int]]:
+        return generate(backend, ids, n, Sampler(TEMPERATURE, TOP_K), **options)
+
+    run(fp32, 2), run(int8, 2)  # open the sessions outside the timing
     out: dict = {"params": model.get_num_params(), "export_s": export_s, "export_fp32_s": export_fp32_s,
                  "sizes": {name: (work / "export" / name).stat().st_size for name in manifest.files},
                  "max_abs_diff": manifest.max_abs_diff, "tokens_per_s": {}}  # fmt: skip
-    kw = {"temperature": 0.8, "top_k": 200}
     for n in args.lengths:
         paths = {
-            "eager_recompute": lambda n=n: model.generate(idx, n, use_cache=False, **kw),
-            "eager_cache": lambda n=n: model.generate(idx, n, use_cache=True, **kw),
-            "onnx_fp32_cache": lambda n=n: fp32.generate(idx, n, **kw),
-            "onnx_int8_cache": lambda n=n: int8.generate(idx, n, **kw),
-            "eager_recompute_1thread": with_threads(1, lambda n=n: model.generate(idx, n, use_cache=False, **kw)),
-            "eager_cache_1thread": with_threads(1, lambda n=n: model.generate(idx, n, use_cache=True, **kw)),
+            "eager_recompute": lambda n=n: run(torch_backend, n, use_cache=False),
+            "eager_cache": lambda n=n: run(torch_backend, n),
+            "onnx_fp32_cache": lambda n=n: run(fp32, n),
+            "onnx_int8_cache": lambda n=n: run(int8, n),
+            "eager_recompute_1thread": with_threads(1, lambda n=n: run(torch_backend, n, use_cache=False)),
+            "eager_cache_1thread": with_threads(1, lambda n=n: run(torch_backend, n)),
         }
         if n + len(PROMPT) > block:
-            paths["onnx_fp32_cache_half_window"] = lambda n=n: fp32.generate(idx, n, window="half", **kw)
-            paths["onnx_int8_cache_half_window"] = lambda n=n: int8.generate(idx, n, window="half", **kw)
+            paths["onnx_fp32_cache_half_window"] = lambda n=n: run(fp32, n, window="half")
+            paths["onnx_int8_cache_half_window"] = lambda n=n: run(int8, n, window="half")
 
         def rate(fn: Callable[[], object], n: int = n) -> float:
             torch.manual_seed(SEED)
@@ -266,7 +273,7 @@ def bench_quality(work: Path, args: argparse.Namespace) -> dict:
         out[f"val_loss_onnx_{name}"] = onnx_window_loss(graph, val, block, n)
         g, _ = open_export(work / "baby", int8=int8, backend="cpu")
         for window in ("exact", "half"):  # generation-style scoring: past block_size the window applies
-            out[f"stream_nll_{name}_{window}"] = g.nll(val[: args.val_tokens], start=1, window=window)
+            out[f"stream_nll_{name}_{window}"] = nll(g, val[: args.val_tokens].tolist(), start=1, window=window)
     out["int8_val_loss_cost"] = out["val_loss_onnx_int8"] - out["val_loss_onnx_fp32"]
     print(json.dumps(out, indent=1))
     return out

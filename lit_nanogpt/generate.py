@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from lit_nanogpt.checkpoint import load_model
+from lit_nanogpt.decoding import Backend, Sampler, TorchBackend, seeded
+from lit_nanogpt.decoding import generate as decode_tokens
 from lit_nanogpt.sampling import SEPARATOR, SamplingSettings
 from lit_nanogpt.text import read_corpus
 
@@ -55,13 +56,13 @@ def generate(
             run with onnxruntime (or on Ascend, its .om through ais_bench or onnxruntime's CANN provider).
         prompt: Text to continue; prefix with ``FILE:`` to read it from a file. Default a newline (nanoGPT's),
             or the vocabulary's first character when it has no newline.
-        seed: Seed of the sampling, as ``torch.manual_seed`` in nanoGPT's sample.py.
+        seed: Seed of the sampling: the same draws as ``torch.manual_seed(seed)`` in nanoGPT's sample.py.
         device: Where to run, e.g. ``cpu`` or ``cuda``.
         use_cache: Keep keys and values while the text fits in block_size (same tokens, faster).
         int8: With ``onnx``: run the int8-weight graphs (faster on CPU; see docs/export.md for the cost).
             CPU only: refused with ``--backend cann`` or ``om``.
-        window: With ``onnx``, past block_size: ``exact`` (nanoGPT's sliding window, a full window per
-            token) or ``half`` (re-read the last block_size/2 tokens when the cache is full: faster, not identical).
+        window: Past block_size: ``exact`` (nanoGPT's sliding window, a full window per token) or ``half``
+            (re-read the last block_size/2 tokens when the cache is full: faster, not identical).
         backend: With ``onnx``: ``auto``, ``cpu`` (onnxruntime), ``cann`` (onnxruntime's CANN provider)
             or ``om`` (the atc-compiled .om files through ais_bench).
         cache: With ``onnx``: ``dynamic`` (prefill/decode graphs, a cache that grows), ``static`` (the
@@ -73,33 +74,22 @@ def generate(
     settings = SamplingSettings(**sampling)
     if (checkpoint is None) == (onnx is None):
         raise ValueError("pass exactly one of --checkpoint CKPT (PyTorch) and --onnx EXPORT_DIR (onnxruntime)")
-    if onnx is None and (int8 or window != "exact" or backend != "auto" or cache != "auto"):
-        raise ValueError("--int8, --window, --backend and --cache apply to --onnx EXPORT_DIR only")
+    if onnx is None and (int8 or backend != "auto" or cache != "auto"):
+        raise ValueError("--int8, --backend and --cache apply to --onnx EXPORT_DIR only")
     if prompt is not None and prompt.startswith("FILE:"):
         prompt, _ = read_corpus(Path(prompt[5:]), what="prompt file")
     start = time.perf_counter()
+    runner: Backend
     if onnx is not None:
         from lit_nanogpt.export.onnxrt import open_export
 
-        exported, _ = open_export(onnx, int8=int8, backend=backend, cache=cache)
-        vocab, block_size = exported.vocab, exported.block_size
-        run: Callable[..., torch.Tensor] = exported.generate
-        target = torch.device("cpu")
-
-        def slide(window: torch.Tensor) -> None:  # what a token past block_size runs (--window exact)
-            ids = window.numpy()
-            exported.prefill_static(ids) if exported.cache == "static" else exported.full(ids)
+        runner, _ = open_export(onnx, int8=int8, backend=backend, cache=cache)
+        vocab = runner.vocab
     else:
         assert checkpoint is not None  # exactly one of the two, checked above
         model, vocab = load_model(checkpoint)
-        target = torch_device(device)
-        model.to(target)
-        block_size, run = model.config.block_size, model.generate
-
-        def slide(window: torch.Tensor) -> None:
-            with torch.no_grad():
-                model(window)
-
+        runner = TorchBackend(model.to(torch_device(device)))
+    block_size = runner.block_size
     if prompt is None:
         prompt = vocab.default_prompt
     if missing := vocab.unknown(prompt):
@@ -109,29 +99,28 @@ def generate(
     if len(prompt) > block_size:
         print(f"prompt has {len(prompt)} characters, more than block_size={block_size}: "
               f"the model sees only the last {block_size}", file=sys.stderr)  # fmt: skip
-    idx = torch.from_numpy(vocab.encode(prompt))[None].to(target)  # (1, T)
-    options: dict[str, Any] = {"temperature": settings.temperature, "top_k": settings.top_k, "use_cache": use_cache}
-    if onnx is not None:
-        options["window"] = window
+    ids = vocab.encode(prompt).tolist()
     # Warm-up, before the timer: one short run through every graph generation will use (onnxruntime
     # builds its sessions on first use; PyTorch allocates on a shape's first run), so that the tokens/s
-    # line times generation alone. It draws before torch.manual_seed: a seeded sample is unchanged.
-    run(idx, min(2, settings.max_new_tokens), **options)  # prefill and one decode step (or the full graph)
+    # line times generation alone. Greedy, so it draws nothing from the seeded generator.
+    warm = Sampler(temperature=0.0)
+    decode_tokens(runner, [ids], min(2, settings.max_new_tokens), warm, use_cache, window)  # prefill, one decode
     if len(prompt) + settings.max_new_tokens - 1 > block_size:  # some token will see a full, sliding window
-        slide(torch.zeros(1, block_size, dtype=torch.long, device=target))  # at the shape the timed tokens use
+        decode_tokens(runner, [[0] * block_size], 2, warm, use_cache, window)  # at the shape the timed tokens use
     print(f"Loaded {onnx or checkpoint} in {time.perf_counter() - start:.2f} s", file=sys.stderr)
 
-    def show(token: torch.Tensor) -> None:  # each character as it is drawn, as a terminal shows typing
-        sys.stdout.write(vocab.decode(token[0]))
+    def show(tokens: list[int]) -> None:  # each character as it is drawn, as a terminal shows typing
+        sys.stdout.write(vocab.decode(tokens))
         sys.stdout.flush()
 
-    torch.manual_seed(seed)
+    # One stream for all samples, drawn one after another, as nanoGPT's sample.py after torch.manual_seed.
+    sampler = Sampler(settings.temperature, settings.top_k, generator=seeded(seed, runner.device))
     new_tokens, seconds = 0, 0.0
     for _ in range(settings.num_samples):
         sys.stdout.write(prompt)  # nanoGPT's layout: prompt and continuation, a newline, the separator line
         sys.stdout.flush()
         start = time.perf_counter()
-        run(idx, settings.max_new_tokens, **options, on_token=show)
+        decode_tokens(runner, [ids], settings.max_new_tokens, sampler, use_cache, window, on_token=show)
         seconds += time.perf_counter() - start
         new_tokens += settings.max_new_tokens
         print()

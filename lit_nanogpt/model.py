@@ -13,15 +13,16 @@ Two paths run the same weights:
 
 * ``forward`` is the training path. It uses fused ``scaled_dot_product_attention`` with
   ``is_causal=True``.
-* ``forward_cached`` is the generation path. It takes the keys and values of earlier positions and
-  returns them extended, so that decoding a token costs one position, not the whole context. Its
-  causal mask is a slice of a precomputed boolean buffer, so it exports to ONNX without ``Trilu``.
+* ``forward_cached`` is the prefill path. It takes the keys and values of earlier positions and
+  returns them extended. Its causal mask is a slice of a precomputed boolean buffer, so it exports to
+  ONNX without ``Trilu``.
+* ``decode_step`` is the decode path: one token per row, each row at its own position, so that
+  decoding costs one position, not the whole context (``lit_nanogpt.decoding`` drives both).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,8 @@ from torch.nn import functional as F
 
 # One (key, value) pair per layer, each (B, n_head, T_past, head_size).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
-# The rotary angles' (cos, sin) at the positions of one call, each (T, head_size // 2).
+# The rotary angles' (cos, sin) at the positions of one call, each (T, head_size // 2), or (B, T, head_size // 2)
+# when each row has its own positions.
 Rope = tuple[torch.Tensor, torch.Tensor]
 MLP_ACTIVATIONS = ("gelu", "relu2")
 
@@ -117,6 +119,8 @@ def apply_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     reshape; a dot product of two rotated vectors depends only on their positions' difference.
     """
     cos, sin = (t.to(x.dtype) for t in rope)  # (T, hs/2): under autocast q and k are half precision
+    if cos.dim() == 3:  # (B, T, hs/2): each row at its own positions (a batched decode step)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, hs/2)
     x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (B, nh, T, hs)
 
@@ -175,14 +179,18 @@ class CausalSelfAttention(nn.Module):
         mask: torch.Tensor,
         slot: torch.Tensor | None = None,
         rope: Rope | None = None,
+        new_only: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Attend from the new positions in ``x`` to ``past`` and themselves; ``mask`` is (T, T_past + T).
+        """Attend from the new positions in ``x`` to ``past`` and themselves; ``mask`` is (T, T_past + T),
+        or (B, 1, T, T_past + T) per row. Returns the output and the keys and values, ``past`` extended
+        (or, with ``new_only``, those of the new positions alone).
 
-        With ``slot`` (1, 1, S, 1) bool, ``past`` is a fixed-size cache of S positions and the one new
-        key and value are written where ``slot`` is true instead of appended (``mask`` is then (1, S)).
+        With ``slot`` (B, 1, S, 1) bool, ``past`` is a fixed-size cache of S positions and the one new
+        key and value are written where ``slot`` is true instead of appended (``mask`` is then (B, 1, 1, S)).
         ``rope`` holds the rotary angles of the new positions, not of the cache's.
         """
         q, k, v = self._qkv(x, rope)
+        new = (k, v)
         if past is not None and slot is not None:
             k = torch.where(slot, k, past[0])  # (B, nh, S, hs)
             v = torch.where(slot, v, past[1])
@@ -190,7 +198,7 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat((past[0], k), dim=2)  # (B, nh, T_past + T, hs)
             v = torch.cat((past[1], v), dim=2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self._merge(y), (k, v)
+        return self._merge(y), new if new_only else (k, v)
 
 
 class ReLUSquared(nn.Module):
@@ -231,8 +239,9 @@ class Block(nn.Module):
         mask: torch.Tensor,
         slot: torch.Tensor | None = None,
         rope: Rope | None = None,
+        new_only: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        a, present = self.attn.forward_cached(self.ln_1(x), past, mask, slot, rope)
+        a, present = self.attn.forward_cached(self.ln_1(x), past, mask, slot, rope, new_only)
         x = x + a
         return x + self.mlp(self.ln_2(x)), present
 
@@ -311,13 +320,14 @@ class GPT(nn.Module):
             )
 
     def embed(self, idx: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, Rope | None]:
-        """Embeddings (B, T, C) of ``idx`` (B, T) at positions ``pos`` (T,), and the rotary angles there.
+        """Embeddings (B, T, C) of ``idx`` (B, T) at positions ``pos`` (T,), or (B, T) for per-row positions,
+        and the rotary angles there.
 
         Learned positions are added here; rotary ones are returned for attention to apply, taken from
         the table by ``pos`` (a Gather in ONNX), so a cache or a static graph's ``pos`` input places them.
         """
         if self.config.rotary:
-            rope = (self.rope_cos.index_select(0, pos), self.rope_sin.index_select(0, pos))  # (T, hs/2) each
+            rope = (F.embedding(pos, self.rope_cos), F.embedding(pos, self.rope_sin))  # (T, hs/2) or (B, T, hs/2)
             return self.transformer.wte(idx), rope  # (B, T, C)
         return self.transformer.wte(idx) + self.transformer.wpe(pos), None  # (B, T, C)
 
@@ -359,52 +369,20 @@ class GPT(nn.Module):
             present.append(kv)
         return self.lm_head(self.transformer.ln_f(x)), present  # (B, T, V)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
-        on_token: Callable[[torch.Tensor], None] | None = None,
-    ) -> torch.Tensor:
-        """Extend ``idx`` (B, T) by ``max_new_tokens`` tokens, nanoGPT's way; ``on_token`` gets each new
-        token (B, 1) as soon as it is drawn, to show the text as it grows.
+    def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, past: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """Logits (B, 1, V) of one new token per row, ``idx`` (B, 1), each at its own position ``pos`` (B,),
+        and the new keys and values alone, each (B, n_head, 1, head_size).
 
-        Each token is conditioned on the last ``block_size`` tokens; logits are divided by
-        ``temperature``, cut to the ``top_k`` largest, softmaxed and sampled. ``temperature=0``
-        means greedy decoding (argmax), as does ``top_k=1``.
-
-        With ``use_cache`` the keys and values of the context are kept, so a token costs one position
-        while the sequence fits in ``block_size``. Past that the window slides and every position
-        shifts, so exactness forces a full forward of the window per token, as nanoGPT does.
+        ``past`` holds P positions per row, P at least every ``pos``: row i's first ``pos[i]`` are its
+        context, the rest (another row's length) are masked out. The new token attends to its context
+        and itself, so rows hundreds of tokens apart share one step.
         """
-        block_size = self.config.block_size
-        past: KVCache | None = None
-        for _ in range(max_new_tokens):
-            if use_cache and idx.shape[1] <= block_size:
-                new = idx if past is None else idx[:, -1:]
-                logits, past = self.forward_cached(new, past)
-            else:
-                logits, _ = self(idx[:, -block_size:])
-            idx_next = sample_next(logits[:, -1, :], temperature, top_k, generator)
-            if on_token is not None:
-                on_token(idx_next)
-            idx = torch.cat((idx, idx_next), dim=1)
-        return idx
-
-
-def sample_next(
-    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Pick the next token (B, 1) from last-position logits (B, V): temperature, then top-k, then sampling."""
-    if temperature == 0.0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits = logits.masked_fill(logits < v[:, [-1]], -float("inf"))
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+        B, P = idx.shape[0], past[0][0].shape[2]
+        seen = torch.arange(P, device=idx.device) < pos[:, None]  # (B, P): each row's own context
+        mask = torch.cat((seen, torch.ones_like(seen[:, :1])), dim=1)  # (B, P + 1): and the new token itself
+        x, rope = self.embed(idx, pos[:, None])  # (B, 1, C)
+        new: KVCache = []
+        for block, kv in zip(self.transformer.h, past, strict=True):
+            x, kv_new = block.forward_cached(x, kv, mask.view(B, 1, 1, P + 1), rope=rope, new_only=True)
+            new.append(kv_new)  # (B, nh, 1, hs) each
+        return self.lm_head(self.transformer.ln_f(x)), new  # (B, 1, V)

@@ -12,6 +12,7 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torchmetrics import MeanMetric
 
+from lit_nanogpt.decoding import Sampler, TorchBackend, generate
 from lit_nanogpt.model import GPT, SHAKESPEARE_CHAR, GPTConfig
 from lit_nanogpt.optim import MuonAdamW, nanogpt_lr, wsd_lr
 from lit_nanogpt.sampling import SamplingSettings
@@ -242,13 +243,12 @@ def generate_text(
     draws ``sampling.num_samples``)."""
     if not prompt:
         raise ValueError("the prompt is empty: give at least one character, e.g. a newline")
-    device = next(model.parameters()).device
-    idx = torch.from_numpy(vocab.encode(prompt))[None].to(device)  # (1, T)
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(idx, sampling.max_new_tokens, sampling.temperature, sampling.top_k, use_cache=use_cache,
-                             generator=generator)  # fmt: skip
+        sampler = Sampler(sampling.temperature, sampling.top_k, generator=generator)
+        (ids,) = generate(TorchBackend(model), [vocab.encode(prompt).tolist()], sampling.max_new_tokens, sampler,
+                          use_cache)  # fmt: skip
     finally:
         model.train(was_training)
-    return vocab.decode(out[0])
+    return vocab.decode(ids)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -140,3 +141,23 @@ def error_of(capsys: pytest.CaptureFixture, *args: str) -> str:
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("lit-nanogpt: error:")]
     assert len(lines) == 1
     return lines[0]
+
+
+def extend(
+    source: Any,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    use_cache: bool = True,
+    window: str = "exact",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``idx`` (B, T) extended by ``max_new_tokens`` through the one decoding loop; ``source`` is a ``GPT``
+    (run by a ``TorchBackend`` of B rows) or a backend (an ``ExportedGPT``)."""
+    from lit_nanogpt.decoding import Sampler, TorchBackend, generate
+    from lit_nanogpt.model import GPT
+
+    backend = TorchBackend(source, max_batch=len(idx)) if isinstance(source, GPT) else source
+    sampler = Sampler(temperature, top_k, generator=generator)
+    return torch.tensor(generate(backend, idx.tolist(), max_new_tokens, sampler, use_cache, window))

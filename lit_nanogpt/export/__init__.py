@@ -4,7 +4,7 @@
 * ``manifest``: ``Manifest``, the folder format: ``manifest.json``, its records, the graph and cache names.
 * ``graphs``: the graph wrappers, the attention symbolic, the op/opset checks, int8, parity, ``export_model``.
 * ``atc``: Ascend's graph compiler: the (op, opset) tables, ``AtcOptions``, the atc step.
-* ``onnxrt``: ``ExportedGPT`` and ``open_export``, generation on the exported graphs.
+* ``onnxrt``: ``ExportedGPT`` (an export folder as a decoding backend) and ``open_export``.
 * ``ascend``: the runners of an export on Ascend (the .om through ais_bench, the CANN provider).
 
 The names below are imported on first use: opening an export for generation must not import the
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lit_nanogpt.export.graphs import check_graph, export_model
     from lit_nanogpt.export.manifest import FORMAT_VERSION, MANIFEST, Graph, Manifest, TensorSpec, past_names
-    from lit_nanogpt.export.onnxrt import BACKENDS, WINDOWS, ExportedGPT, open_export
+    from lit_nanogpt.export.onnxrt import BACKENDS, ExportedGPT, open_export
     from lit_nanogpt.export.settings import ExportSettings
 
 _HOMES = {
@@ -32,7 +32,6 @@ _HOMES = {
     "TensorSpec": "manifest",
     "past_names": "manifest",
     "BACKENDS": "onnxrt",
-    "WINDOWS": "onnxrt",
     "ExportedGPT": "onnxrt",
     "open_export": "onnxrt",
     "ExportSettings": "settings",
@@ -41,7 +40,6 @@ __all__ = [
     "BACKENDS",
     "FORMAT_VERSION",
     "MANIFEST",
-    "WINDOWS",
     "ExportSettings",
     "ExportedGPT",
     "Graph",

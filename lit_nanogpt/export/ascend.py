@@ -12,7 +12,6 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -36,33 +35,34 @@ def full_mode(manifest: Manifest) -> str:
     return "dymdims" if manifest.dynamic_dims else "static"
 
 
-def om_runner(path: Path, mode: str, device_id: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """A function from ``idx`` (B, T) int64 to logits (B, T, V) float32: the full graph's ``.om``."""
-    from ais_bench.infer.interface import InferSession
+def om_runner(path: Path, graph: Graph, mode: str = "static", device_id: int = 0) -> Runner:
+    """Feeds by input name -> outputs, shaped as the manifest lists them: one graph's ``.om`` through ais_bench.
 
-    session = InferSession(device_id, str(path))
-
-    def run(idx: np.ndarray) -> np.ndarray:
-        idx = np.ascontiguousarray(idx, dtype=np.int64)
-        (logits,) = session.infer([idx], mode=mode)
-        return np.asarray(logits, dtype=np.float32).reshape(*idx.shape, -1)
-
-    return run
-
-
-def om_graph_runner(path: Path, graph: Graph, device_id: int = 0) -> Runner:
-    """Feeds by input name -> outputs, shaped as the manifest lists them: a static graph's ``.om``."""
+    ``mode`` is ais_bench's: ``static``, or ``dymdims`` for a full graph atc compiled with ``--dynamic_dims``
+    (its logits then take the fed length). Feeds are passed in the graph's input order and dtypes.
+    """
     from ais_bench.infer.interface import InferSession
 
     session = InferSession(device_id, str(path))
     names = [t.name for t in graph.inputs]
-    shapes = [t.shape for t in graph.outputs]  # all fixed: this is a static graph
 
     def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        outputs = session.infer([np.ascontiguousarray(feeds[n]) for n in names], mode="static")
-        return [np.asarray(o).reshape(shape) for o, shape in zip(outputs, shapes, strict=True)]
+        inputs = [np.ascontiguousarray(feeds[n]) for n in names]
+        outputs = session.infer(inputs, mode=mode)
+        if mode == "dymdims":  # the full graph: logits (B, T, V) at the fed length
+            return [np.asarray(outputs[0], dtype=np.float32).reshape(*inputs[0].shape, -1)]
+        return [np.asarray(o).reshape(t.shape) for o, t in zip(outputs, graph.outputs, strict=True)]
 
     return run
+
+
+def cann_runner(path: Path, device_id: int = 0) -> Runner:
+    """Feeds by input name -> outputs: one ONNX graph through onnxruntime's CANN execution provider."""
+    import onnxruntime as ort
+
+    providers = [("CANNExecutionProvider", cann_provider_options(device_id)), "CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), providers=providers)
+    return lambda feeds: session.run(None, feeds)
 
 
 def cann_provider_options(device_id: int = 0) -> dict[str, str]:
@@ -81,18 +81,14 @@ def cann_provider_options(device_id: int = 0) -> dict[str, str]:
 
 @dataclass
 class AscendRunners:
-    """How to run an export on an Ascend backend: what ``ExportedGPT`` takes in place of onnxruntime on CPU."""
+    """How to run an export on an Ascend backend: the runners ``ExportedGPT`` takes in place of onnxruntime."""
 
     name: str
     """``om`` or ``cann``."""
     cache: str
-    """``static`` or ``dynamic``."""
+    """``static`` (the static pair), ``dynamic`` (prefill, decode and full) or ``none`` (full alone)."""
     runners: dict[str, Runner] = field(default_factory=dict)
-    """Per graph name, its ``.om`` through ais_bench."""
-    full_runner: Callable[[np.ndarray], np.ndarray] | None = None
-    """The full graph's ``.om`` (no cache: a whole window per token)."""
-    providers: list[Any] | None = None
-    """onnxruntime's execution providers (the CANN provider first)."""
+    """Per graph name, how to run it."""
 
 
 def ascend_runners(folder: Path, manifest: Manifest, backend: str, cache: str = "auto") -> AscendRunners | None:
@@ -108,11 +104,11 @@ def ascend_runners(folder: Path, manifest: Manifest, backend: str, cache: str = 
     has_static = all(g in static_om for g in STATIC_GRAPHS)
     if backend in ("auto", "om") and ais_bench_available():
         if cache != "dynamic" and has_static:
-            runners = {g: om_graph_runner(folder / static_om[g], manifest.graphs[g]) for g in STATIC_GRAPHS}
-            return AscendRunners("om", "static", runners=runners)
+            runners = {g: om_runner(folder / static_om[g], manifest.graphs[g]) for g in STATIC_GRAPHS}
+            return AscendRunners("om", "static", runners)
         if cache != "static" and atc is not None and atc.om:
-            runner = om_runner(folder / atc.om, full_mode(manifest))
-            return AscendRunners("om", "dynamic", full_runner=runner)
+            runner = om_runner(folder / atc.om, manifest.graphs["full"], full_mode(manifest))
+            return AscendRunners("om", "none", {"full": runner})
     if backend == "om":
         if not ais_bench_available():
             why = "ais_bench is not installed"
@@ -125,10 +121,10 @@ def ascend_runners(folder: Path, manifest: Manifest, backend: str, cache: str = 
         import onnxruntime as ort
 
         if "CANNExecutionProvider" in ort.get_available_providers():
-            cann = [("CANNExecutionProvider", cann_provider_options()), "CPUExecutionProvider"]
             static = cache == "static" or (cache == "auto" and all(g in manifest.graphs for g in STATIC_GRAPHS))
-            kind = "static" if static else "dynamic"
-            return AscendRunners("cann", kind, providers=cann)
+            graphs = STATIC_GRAPHS if static else ("full", "prefill", "decode")
+            runners = {g: cann_runner(folder / manifest.graphs[g].file) for g in graphs}
+            return AscendRunners("cann", "static" if static else "dynamic", runners)
         if backend == "cann":
             raise ValueError("backend=cann needs onnxruntime built with the CANN execution provider (onnxruntime-cann)")
     return None

@@ -59,30 +59,47 @@ class FullContextGraph(nn.Module):
         return logits
 
 
-class CachedGraph(nn.Module):
-    """``GPT.forward_cached`` with flat tensors: (idx, *past) -> (logits, *present).
+class PrefillGraph(nn.Module):
+    """``GPT.forward_cached`` from an empty cache: ``idx`` (B, T) -> (logits (B, T, V), *present).
 
-    Without ``past`` it is the prefill graph; with it, the decode graph. ``past`` and ``present``
-    are ``key_0, value_0, key_1, ...``, each (B, n_head, T, head_size).
+    ``present`` is ``key_0, value_0, key_1, ...``, each (B, n_head, T, head_size).
     """
 
     def __init__(self, model: GPT) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, idx: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        cache = [(past[i], past[i + 1]) for i in range(0, len(past), 2)] if past else None
-        logits, present = self.model.forward_cached(idx, cache)
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, present = self.model.forward_cached(idx)
         return (logits, *(t for kv in present for t in kv))
 
 
-class StaticPrefillGraph(nn.Module):
-    """The static-shape prefill: (``idx`` (B, block_size), ``length`` [1]) -> (logits (B, 1, V), *present).
+class DecodeGraph(nn.Module):
+    """``GPT.decode_step``: (``idx`` (B, 1), ``pos`` (B,), *past) -> (logits (B, 1, V), *present).
 
-    ``idx`` is the prompt right-padded to ``block_size``; ``length`` its true length. The logits are
-    those of position ``length - 1``; ``present`` is ``key_0, value_0, ...``, each (B, n_head,
-    block_size, head_size). Attention is causal, so the padding cannot reach the first ``length``
-    positions; its keys and values are overwritten (and masked until then) by ``StaticDecodeGraph``.
+    Each row is at its own position: ``past`` (``key_0, value_0, ...``, each (B, n_head, P, head_size))
+    holds row i's context in its first ``pos[i]`` positions, the rest masked inside the graph.
+    ``present`` holds the new token's keys and values alone, each (B, n_head, 1, head_size).
+    """
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cache = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
+        logits, new = self.model.decode_step(idx, pos, cache)
+        return (logits, *(t for kv in new for t in kv))
+
+
+class StaticPrefillGraph(nn.Module):
+    """The static-shape prefill: (``idx`` (B, block_size), ``length`` (B,)) -> (logits (B, 1, V), *present).
+
+    Row i of ``idx`` is its prompt right-padded to ``block_size``, ``length[i]`` its true length; its
+    logits are those of position ``length[i] - 1`` (a one-hot sum, exact, in ops atc knows).
+    ``present`` is ``key_0, value_0, ...``, each (B, n_head, block_size, head_size). Attention is
+    causal, so the padding cannot reach a row's first ``length`` positions; its keys and values are
+    overwritten (and masked until then) by ``StaticDecodeGraph``.
     """
 
     def __init__(self, model: GPT) -> None:
@@ -91,18 +108,20 @@ class StaticPrefillGraph(nn.Module):
 
     def forward(self, idx: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits, present = self.model.forward_cached(idx)  # (B, block_size, V)
-        logits = torch.index_select(logits, 1, length - 1)  # (B, 1, V)
+        S = idx.shape[1]
+        last = (torch.arange(S, device=idx.device) == (length - 1).unsqueeze(1)).to(logits.dtype)  # (B, S)
+        logits = (logits * last.unsqueeze(2)).sum(dim=1, keepdim=True)  # (B, 1, V)
         return (logits, *(t for kv in present for t in kv))
 
 
 class StaticDecodeGraph(nn.Module):
-    """The static-shape decode: (``idx`` (B, 1), ``pos`` [1], *past) -> (logits (B, 1, V), *present).
+    """The static-shape decode: (``idx`` (B, 1), ``pos`` (B,), *past) -> (logits (B, 1, V), *present).
 
     ``past`` and ``present`` are fixed caches of ``block_size`` positions per layer, key_0, value_0,
-    ..., each (B, n_head, block_size, head_size), valid up to ``pos - 1``. The token at ``pos`` is
-    written into slot ``pos`` (a one-hot ``Where``, no ScatterND) and attends to slots ``0..pos``
+    ..., each (B, n_head, block_size, head_size), row i valid up to ``pos[i] - 1``. Each row's token is
+    written into slot ``pos[i]`` (a one-hot ``Where``, no ScatterND) and attends to slots ``0..pos[i]``
     (a mask compared from a constant range and ``pos`` inside the graph). Its position embedding, a
-    learned row or rotary angles, is gathered at ``pos`` too.
+    learned row or rotary angles, is gathered at ``pos[i]`` too.
     """
 
     def __init__(self, model: GPT) -> None:
@@ -111,11 +130,11 @@ class StaticDecodeGraph(nn.Module):
 
     def forward(self, idx: torch.Tensor, pos: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         model = self.model
-        S = model.config.block_size
+        B, S = idx.shape[0], model.config.block_size
         slots = torch.arange(S, device=idx.device)  # (S,)
-        slot = (slots == pos).view(1, 1, S, 1)  # where the new key and value go
-        mask = (slots <= pos).view(1, S)  # what the new token sees
-        x, rope = model.embed(idx, pos)  # (B, 1, C); rotary angles of position pos
+        slot = (slots == pos.unsqueeze(1)).view(B, 1, S, 1)  # where each row's new key and value go
+        mask = (slots <= pos.unsqueeze(1)).view(B, 1, 1, S)  # what each row's new token sees
+        x, rope = model.embed(idx, pos.unsqueeze(1))  # (B, 1, C); rotary angles at each row's position
         present: list[torch.Tensor] = []
         for i, block in enumerate(model.transformer.h):
             x, kv = block.forward_cached(x, (past[2 * i], past[2 * i + 1]), mask, slot, rope)
@@ -226,40 +245,51 @@ def _ort_session(path: Path):
 
 
 def _parity(folder: Path, model: GPT, batch: int, block_size: int) -> dict[str, float]:
-    """Max abs difference of onnxruntime's logits from PyTorch's on fixed random tokens, per graph."""
+    """Max abs difference of onnxruntime's logits from PyTorch's on fixed random tokens, per graph.
+
+    The decode graphs are run with each row at another position, as continuous batching runs them.
+    """
     g = torch.Generator().manual_seed(0)
     V, T = model.config.vocab_size, block_size
-    idx = torch.randint(V, (batch, T), generator=g)
+    B = max(batch, 2)  # the dynamic graphs take any batch: two rows at least, at different positions
+    idx = torch.randint(V, (B, T), generator=g)
     with torch.no_grad():
         ref, cache = model.forward_cached(idx)  # (B, T, V)
     out: dict[str, float] = {}
-    cache_flat = [t.numpy() for kv in cache for t in kv]
-    (full,) = _ort_session(folder / "full.onnx").run(["logits"], {"idx": idx.numpy()})
-    out["full"] = float(np.abs(full - ref.numpy()).max())
+    (full,) = _ort_session(folder / "full.onnx").run(["logits"], {"idx": idx[:batch].numpy()})
+    out["full"] = float(np.abs(full - ref[:batch].numpy()).max())
     split = max(1, T - 1)
     prefill = _ort_session(folder / "prefill.onnx").run(None, {"idx": idx[:, :split].numpy()})
     out["prefill"] = float(np.abs(prefill[0] - ref[:, :split].numpy()).max())
+    names = past_names(model.config.n_layer, "past")
+    # Row i decodes its token at position split - i: its context is its first split - i positions.
+    pos = np.maximum(split - np.arange(B), 1) if split > 1 else np.full(B, split)
+    rows = np.arange(B)
     if split < T:
-        names = past_names(model.config.n_layer, "past")
-        feeds = {"idx": idx[:, split:].numpy(), **dict(zip(names, prefill[1:], strict=True))}
+        feeds = {"idx": idx.numpy()[rows, pos][:, None], "pos": pos, **dict(zip(names, prefill[1:], strict=True))}
         decode = _ort_session(folder / "decode.onnx").run(None, feeds)
-        out["decode"] = float(np.abs(decode[0] - ref[:, split:].numpy()).max())
-        out["decode_cache"] = float(max(np.abs(a - b).max() for a, b in zip(decode[1:], cache_flat, strict=True)))
-    # The static pair: the prompt right-padded to block_size, then one token written at slot `split`.
+        out["decode"] = float(np.abs(decode[0][:, 0] - ref.numpy()[rows, pos]).max())
+        new = [t.numpy()[rows, :, pos] for kv in cache for t in kv]  # (B, nh, hs) at each row's position
+        out["decode_cache"] = float(max(np.abs(a[:, :, 0] - b).max() for a, b in zip(decode[1:], new, strict=True)))
+    # The static pair: each row right-padded to block_size at its own length, then one token written at
+    # each row's own slot.
+    pos = pos[:batch]
     window = np.zeros((batch, block_size), dtype=np.int64)
-    window[:, :split] = idx[:, :split].numpy()
-    length = np.array([split], dtype=np.int64)
-    prefill = _ort_session(folder / "prefill_static.onnx").run(None, {"idx": window, "length": length})
-    out["prefill_static"] = float(np.abs(prefill[0][:, 0] - ref[:, split - 1].numpy()).max())
+    for i, p in enumerate(pos):
+        window[i, :p] = idx[i, :p].numpy()
+    prefill = _ort_session(folder / "prefill_static.onnx").run(None, {"idx": window, "length": pos})
+    out["prefill_static"] = float(np.abs(prefill[0][:, 0] - ref.numpy()[rows[:batch], pos - 1]).max())
     if split < T:
-        names = past_names(model.config.n_layer, "past")
-        feeds = {"idx": idx[:, split : split + 1].numpy(), "pos": length, **dict(zip(names, prefill[1:], strict=True))}
+        tokens = idx.numpy()[rows[:batch], pos][:, None]  # (batch, 1)
+        feeds = {"idx": tokens, "pos": pos, **dict(zip(names, prefill[1:], strict=True))}
         decode = _ort_session(folder / "decode_static.onnx").run(None, feeds)
-        out["decode_static"] = float(np.abs(decode[0][:, 0] - ref[:, split].numpy()).max())
-        valid = slice(0, split + 1)  # the slots written so far; the rest holds the padding's keys
-        out["decode_static_cache"] = float(
-            max(np.abs(a[:, :, valid] - b[:, :, valid]).max() for a, b in zip(decode[1:], cache_flat, strict=True))
-        )
+        out["decode_static"] = float(np.abs(decode[0][:, 0] - ref.numpy()[rows[:batch], pos]).max())
+        # The slots written so far; the rest holds the padding's keys.
+        out["decode_static_cache"] = float(max(
+            np.abs(a[i, :, : p + 1] - b.numpy()[i, :, : p + 1]).max()
+            for a, b in zip(decode[1:], (t for kv in cache for t in kv), strict=True)
+            for i, p in enumerate(pos)
+        ))  # fmt: skip
     return out
 
 
@@ -314,19 +344,21 @@ def export_model(
             kv_axes = {n: {0: "batch", 2: "past" if n.startswith("past") else "total"} for n in past + present}
             io_axes = {"idx": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
             prompt = torch.zeros(1, 2, dtype=torch.long)
-            _export_graph(CachedGraph(model), (prompt,), tmp / "prefill.onnx", ["idx"], ["logits", *present],
+            _export_graph(PrefillGraph(model), (prompt,), tmp / "prefill.onnx", ["idx"], ["logits", *present],
                           {**io_axes, **{n: kv_axes[n] for n in present}}, opset)  # fmt: skip
-            one = torch.zeros(1, 1, dtype=torch.long)
-            cache = tuple(torch.zeros(1, nh, 2, hs) for _ in past)
-            _export_graph(CachedGraph(model), (one, *cache), tmp / "decode.onnx", ["idx", *past],
-                          ["logits", *present], {**io_axes, **kv_axes}, opset)  # fmt: skip
+            one, pos = torch.zeros(2, 1, dtype=torch.long), torch.tensor([2, 1])
+            cache = tuple(torch.zeros(2, nh, 2, hs) for _ in past)
+            decode_axes = {"idx": {0: "batch"}, "pos": {0: "batch"}, "logits": {0: "batch"}}
+            decode_axes.update({n: {0: "batch", 2: "past"} for n in past} | {n: {0: "batch"} for n in present})
+            _export_graph(DecodeGraph(model), (one, pos, *cache), tmp / "decode.onnx", ["idx", "pos", *past],
+                          ["logits", *present], decode_axes, opset)  # fmt: skip
             # The static pair: every input and output of a fixed shape, for atc and the CANN provider.
-            S = config.block_size
-            window, length = torch.zeros(batch_size, S, dtype=torch.long), torch.ones(1, dtype=torch.long)
+            S, B = config.block_size, batch_size
+            window, length = torch.zeros(B, S, dtype=torch.long), torch.ones(B, dtype=torch.long)
             _export_graph(StaticPrefillGraph(model), (window, length), tmp / "prefill_static.onnx",
                           ["idx", "length"], ["logits", *present], {}, opset)  # fmt: skip
-            one, pos = torch.zeros(batch_size, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-            cache = tuple(torch.zeros(batch_size, nh, S, hs) for _ in past)
+            one, pos = torch.zeros(B, 1, dtype=torch.long), torch.zeros(B, dtype=torch.long)
+            cache = tuple(torch.zeros(B, nh, S, hs) for _ in past)
             _export_graph(StaticDecodeGraph(model), (one, pos, *cache), tmp / "decode_static.onnx",
                           ["idx", "pos", *past], ["logits", *present], {}, opset)  # fmt: skip
 

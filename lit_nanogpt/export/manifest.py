@@ -3,8 +3,11 @@
 One ``Manifest`` writes, reads and verifies it: the sha256 of every file, each graph's inputs,
 outputs and ops, the vocabulary, ``block_size``, the model's shape, the opset and the atc record.
 
-``format_version`` 2 (this one) always has every key, ``atc`` ``null`` when atc was left out.
-Version 1 (lit-nanogpt before the typed manifest) left ``atc`` out instead; it reads unchanged.
+``format_version`` 3 (this one): the decode graphs take a position per row (``pos`` (B,)) and
+``decode.onnx`` returns the new token's keys and values alone, so rows at different positions share
+a step. Version 2 had the same keys with one position for all rows (a decode graph without ``pos``,
+returning the whole cache); version 1 (before the typed manifest) left ``atc`` out when atc was not
+asked for. Both read unchanged, and generate one row at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from lit_nanogpt.files import sha256
 from lit_nanogpt.model import GPTConfig
 
 FORMAT = "lit-nanogpt-onnx"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 GRAPHS = ("full", "prefill", "decode", "prefill_static", "decode_static")
 """The graphs of an export folder, each also as ``<name>_int8`` when int8 copies are written."""
@@ -102,7 +105,7 @@ class Manifest:
     vocab: str
     """The vocabulary's characters, in id order."""
     batch_size: int
-    """Batch of the full-context graph."""
+    """Batch of the full-context graph and of the static pair (rows held at once on Ascend)."""
     dynamic_dims: list[int] | None
     """The lengths atc compiles the full graph for; ``None``: the full graph has a fixed length."""
     model: GPTConfig
@@ -134,7 +137,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        """Format versions 1 and 2; raises ``KeyError``/``TypeError``/``ValueError`` on anything else."""
+        """Format versions 1 to 3; raises ``KeyError``/``TypeError``/``ValueError`` on anything else."""
         atc = d.get("atc")  # version 1 leaves it out when atc was not asked for
         model = dict(d["model"])
         if d.get("format_version", 1) == 1:  # the shape fields only, block_size beside them
@@ -191,8 +194,8 @@ class Manifest:
         if isinstance(version, int) and version > FORMAT_VERSION:
             raise ValueError(f"{path} has format_version {version}: upgrade lit-nanogpt to read it")
         try:
-            if version not in (1, FORMAT_VERSION):
-                raise ValueError(f"format_version {version!r} is not 1 or {FORMAT_VERSION}")
+            if version not in (1, 2, FORMAT_VERSION):
+                raise ValueError(f"format_version {version!r} is not 1, 2 or {FORMAT_VERSION}")
             manifest = cls.from_dict(data)
         except Exception as e:
             raise damaged(e) from None

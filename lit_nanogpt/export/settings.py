@@ -27,7 +27,9 @@ class ExportSettings:
     """ONNX opset. atc parses each op only at the opsets CANN registers it for: 15 needs CANN 7.0 or
     later (8-18, ReduceMean to 16); CANN 5.0 reads 9-13, so export with 13 for it."""
     batch_size: int = 1
-    """Batch of the full-context graph that atc compiles (the KV-cache graphs take any batch)."""
+    """Batch of the graphs atc compiles: the full-context graph and the static KV-cache pair, whose batch
+    bounds the rows served at once on Ascend (``serve --onnx DIR --backend om``). The dynamic pair
+    (onnxruntime on CPU) takes any batch."""
     dynamic_dims: list[int] | None = None
     """Sequence lengths for ``atc --dynamic_dims`` (2 to 100 of them), e.g. ``[64,128,256]``: the full graph
     then takes any length up to block_size. Default: the full graph has the fixed length block_size."""

@@ -127,11 +127,15 @@ class _OnDevice:
 
 
 @pytest.mark.parametrize("strategy_cls", [SingleNPUStrategy, DDPNPUStrategy])
-def test_strategies_move_checkpoint_tensors_to_cpu(strategy_cls: type, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_strategies_move_checkpoint_tensors_to_cpu(
+    strategy_cls: type, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     saved = {}
     monkeypatch.setattr("lit_nanogpt.checkpoint_io.torch.save", lambda checkpoint, f: saved.update(checkpoint))
     extra = {"device": "cpu"} if strategy_cls is SingleNPUStrategy else {}  # the save path is the same on an NPU
     strategy = strategy_cls(**extra)
     assert type(strategy.checkpoint_io) is AtomicCheckpointIO  # the one plugin, by default
-    strategy.save_checkpoint({"state_dict": {"w": _OnDevice()}, "optimizer_states": [{"m": _OnDevice()}]}, "x.ckpt")
+    strategy.save_checkpoint(
+        {"state_dict": {"w": _OnDevice()}, "optimizer_states": [{"m": _OnDevice()}]}, tmp_path / "x.ckpt"
+    )
     assert saved["state_dict"]["w"].device == "cpu" and saved["optimizer_states"][0]["m"].device == "cpu"

@@ -20,7 +20,7 @@ from lit_nanogpt.export.manifest import GRAPHS, MANIFEST
 from lit_nanogpt.model import GPT, GPTConfig, apply_rotary, rms_norm, rotary_tables
 from lit_nanogpt.module import LitGPT
 from lit_nanogpt.text import Vocabulary
-from tests.helpers import ARCH_OPTIONS, TINY
+from tests.helpers import ARCH_OPTIONS, TINY, extend
 
 VOCAB = Vocabulary("".join(chr(33 + i) for i in range(65)))
 NEW_FIELDS = ("rotary", "qk_norm", "mlp_activation", "tie_weights")
@@ -64,8 +64,8 @@ def test_cached_forward_equals_full_forward(options: dict) -> None:
 @options
 def test_greedy_generation_is_the_same_with_and_without_the_cache(options: dict) -> None:
     model = lively(**options)
-    cached = model.generate(prompt(), 40, temperature=0.0, use_cache=True)  # 29 past block_size=16
-    uncached = model.generate(prompt(), 40, temperature=0.0, use_cache=False)
+    cached = extend(model, prompt(), 40, temperature=0.0, use_cache=True)  # 29 past block_size=16
+    uncached = extend(model, prompt(), 40, temperature=0.0, use_cache=False)
     assert torch.equal(cached, uncached)
     assert len(set(cached[0, 5:].tolist())) >= 5  # varied text, or the check would prove little
 
@@ -190,10 +190,10 @@ def test_onnx_export_uses_atc_ops_and_generates_pytorchs_text(options: dict, tmp
         assert set(ops) <= ATC_ONNX_OPS and oldest_cann(ops, 15) == "7.0", name
     assert max(manifest.max_abs_diff.values()) <= 1e-4
     for use_cache in (True, False):
-        expected = VOCAB.decode(model.generate(prompt(), 30, temperature=0.0, use_cache=use_cache)[0])
+        expected = VOCAB.decode(extend(model, prompt(), 30, temperature=0.0, use_cache=use_cache)[0])
         for cache in ("dynamic", "static"):
             exported = ExportedGPT(tmp_path / "export", cache=cache)
-            got = VOCAB.decode(exported.generate(prompt(), 30, temperature=0.0, use_cache=use_cache)[0])
+            got = VOCAB.decode(extend(exported, prompt(), 30, temperature=0.0, use_cache=use_cache)[0])
             assert got == expected, (cache, use_cache)
 
 

@@ -30,6 +30,7 @@ from lit_nanogpt.callbacks import OnnxExport
 from lit_nanogpt.checkpoint import load_model
 from lit_nanogpt.commands import main
 from lit_nanogpt.data import CharDataModule, Vocabulary
+from lit_nanogpt.decoding import nll
 from lit_nanogpt.export import (
     MANIFEST,
     ExportedGPT,
@@ -46,7 +47,7 @@ from lit_nanogpt.export.manifest import AtcRecord, AtcStatic
 from lit_nanogpt.model import GPT, GPTConfig
 from lit_nanogpt.module import LitGPT
 from lit_nanogpt.sampling import SEPARATOR
-from tests.helpers import NANOGPT_BABY, ROOT, TINY, RunIf, export_baby, run_cli
+from tests.helpers import NANOGPT_BABY, ROOT, TINY, RunIf, export_baby, extend, run_cli
 
 EXPECTED = json.loads((NANOGPT_BABY / "expected.json").read_text())
 TOKENS_LINE = re.compile(r"^(\d+) tokens in [\d.]+ s \([\d.]+ tokens/s\)$", re.M)
@@ -132,9 +133,14 @@ def test_graphs_are_opset_15_with_atc_ops_only(baby: tuple[Path, Path]) -> None:
     assert full.inputs == [TensorSpec(name="idx", shape=[1, 64], dtype="int64")]
     assert full.outputs == [TensorSpec(name="logits", shape=[1, 64, 65], dtype="float32")]
     decode = manifest.graphs["decode"]
-    assert [i.name for i in decode.inputs][:3] == ["idx", "past_key_0", "past_value_0"]
-    assert decode.inputs[1].shape == ["batch", 4, "past", 32]
-    assert len(decode.outputs) == 1 + 2 * 4 and decode.outputs[1].shape == ["batch", 4, "total", 32]
+    # A position per row; the past as long as the longest row's; only the new position comes back.
+    assert decode.inputs[:3] == [TensorSpec("idx", ["batch", 1], "int64"), TensorSpec("pos", ["batch"], "int64"),
+                                 TensorSpec("past_key_0", ["batch", 4, "past", 32], "float32")]  # fmt: skip
+    assert [o.name for o in decode.outputs][:2] == ["logits", "present_key_0"] and len(decode.outputs) == 1 + 2 * 4
+    feeds = {"idx": np.zeros((3, 1), np.int64), "pos": np.array([5, 1, 3]),
+             **{t.name: np.zeros((3, 4, 5, 32), np.float32) for t in decode.inputs[2:]}}  # fmt: skip
+    _, key, *_ = ort.InferenceSession(str(folder / "decode.onnx")).run(None, feeds)
+    assert key.shape == (3, 4, 1, 32)  # (B, nh, 1, hs): the new position only
     assert set(manifest.files) >= {"full.onnx", "prefill.onnx", "decode.onnx", "full.int8.onnx"}
 
 
@@ -153,16 +159,14 @@ def test_onnx_logits_match_pytorch(baby: tuple[Path, Path]) -> None:
 def test_kv_cache_decode_equals_full_recompute(baby: tuple[Path, Path]) -> None:
     _, folder = baby
     exported = ExportedGPT(folder)
-    ids = np.random.default_rng(0).integers(0, 65, size=(1, 64))
-    logits, cache = exported.prefill(ids[:, :5])
-    steps = [logits]
+    ids = np.random.default_rng(0).integers(0, 65, size=64)
+    steps = [exported.prefill(0, ids[:5])]
     for t in range(5, 64):
-        logits, cache = exported.decode(ids[:, t : t + 1], cache)
-        steps.append(logits)
-    assert cache[0].shape == (1, 4, 64, 32)
+        steps.append(exported.decode(ids[t : t + 1], np.array([t]), np.array([0]))[0])
+    assert exported._cache[0].shape == (1, 4, 64, 32)  # (slots, nh, block_size, hs)
     for t, got in zip(range(4, 64), steps, strict=True):
-        full = exported.full(ids[:, : t + 1])  # padded to 64 on the right
-        assert np.abs(got - full).max() <= 1e-4, t
+        full = exported.full(ids[None, : t + 1])  # padded to 64 on the right
+        assert np.abs(got.numpy() - full[0]).max() <= 1e-4, t
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -171,7 +175,7 @@ def test_onnx_greedy_text_is_nanogpts(baby: tuple[Path, Path], use_cache: bool) 
     _, folder = baby
     exported = ExportedGPT(folder)
     idx = torch.from_numpy(exported.vocab.encode(EXPECTED["prompt"]))[None]
-    out = exported.generate(idx, 200, temperature=0.0, use_cache=use_cache)
+    out = extend(exported, idx, 200, temperature=0.0, use_cache=use_cache)
     assert exported.vocab.decode(out[0]) == EXPECTED["greedy"]
 
 
@@ -226,7 +230,7 @@ def test_cli_generate_warms_every_graph_before_the_timer(
     the first character is printed (the timer starts there): the tokens/s line times generation alone."""
     ckpt, folder = baby
     events: list[str] = []
-    gpt_forward, gpt_forward_cached = GPT.forward, GPT.forward_cached
+    gpt_forward, gpt_forward_cached, gpt_decode_step = GPT.forward, GPT.forward_cached, GPT.decode_step
     onnx_run, onnx_session = ExportedGPT._run, onnxrt._session
 
     def label(graph: str, idx: torch.Tensor | np.ndarray) -> str:
@@ -237,8 +241,12 @@ def test_cli_generate_warms_every_graph_before_the_timer(
         return gpt_forward(self, idx, targets)
 
     def forward_cached(self: GPT, idx: torch.Tensor, past=None):
-        events.append("prefill" if past is None else "decode")
+        events.append(label("prefill", idx))
         return gpt_forward_cached(self, idx, past)
+
+    def decode_step(self: GPT, idx: torch.Tensor, pos: torch.Tensor, past):
+        events.append("decode")
+        return gpt_decode_step(self, idx, pos, past)
 
     def run(self: ExportedGPT, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         events.append(label(graph, feeds["idx"]))
@@ -255,6 +263,7 @@ def test_cli_generate_warms_every_graph_before_the_timer(
 
     monkeypatch.setattr(GPT, "forward", forward)
     monkeypatch.setattr(GPT, "forward_cached", forward_cached)
+    monkeypatch.setattr(GPT, "decode_step", decode_step)
     monkeypatch.setattr(ExportedGPT, "_run", run)
     monkeypatch.setattr(onnxrt, "_session", session)
     monkeypatch.setattr(sys, "stdout", stdout := Stdout())
@@ -288,7 +297,7 @@ def test_cli_generate_warm_up_leaves_seeded_samples_alone(
     sampler = model if source == "--checkpoint" else ExportedGPT(folder)
     idx = torch.from_numpy(vocab.encode("ROMEO:"))[None]
     torch.manual_seed(7)
-    samples = [vocab.decode(sampler.generate(idx, 70, temperature=0.8, top_k=20)[0]) for _ in range(2)]
+    samples = [vocab.decode(extend(sampler, idx, 70, temperature=0.8, top_k=20)[0]) for _ in range(2)]
     assert capsys.readouterr().out == "".join(f"{sample}\n{SEPARATOR}\n" for sample in samples)
 
 
@@ -303,7 +312,7 @@ def test_cli_generate_static_cache_is_pytorchs(baby: tuple[Path, Path], capsys: 
     assert capsys.readouterr().out == pytorch
     exported = ExportedGPT(folder, cache="static")
     idx = torch.from_numpy(exported.vocab.encode(EXPECTED["prompt"]))[None]
-    out = exported.generate(idx, 70, temperature=0.0, use_cache=False)  # every token a whole window
+    out = extend(exported, idx, 70, temperature=0.0, use_cache=False)  # every token a whole window
     assert exported.vocab.decode(out[0]) == EXPECTED["greedy"][:76]
     assert sorted(exported._sessions) == ["prefill_static"]
 
@@ -313,18 +322,18 @@ def test_cann_provider_gets_the_static_pair_and_options_that_write_nothing(
 ) -> None:
     """No CANN here: the provider list each session is asked for is recorded, and CPU runs it."""
     _, folder = baby
-    opened, session = [], onnxrt._session
+    opened, session = [], ort.InferenceSession
 
-    def recording_session(path: Path, providers: list, threads: int | None):
+    def recording_session(path: str, providers: list):
         opened.append((Path(path).name, providers))
-        return session(path, ["CPUExecutionProvider"], threads)
+        return session(path, providers=["CPUExecutionProvider"])
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CANNExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(onnxrt, "_session", recording_session)
+    monkeypatch.setattr(ort, "InferenceSession", recording_session)
     exported, backend = open_export(folder, backend="cann")
     assert (backend, exported.cache) == ("cann", "static")
     idx = torch.from_numpy(exported.vocab.encode(EXPECTED["prompt"]))[None]
-    assert exported.vocab.decode(exported.generate(idx, 80, temperature=0.0)[0]) == EXPECTED["greedy"][:86]
+    assert exported.vocab.decode(extend(exported, idx, 80, temperature=0.0)[0]) == EXPECTED["greedy"][:86]
     options = {"device_id": "0", "enable_cann_graph": "1", "dump_graphs": "0", "dump_om_model": "0"}
     providers = [("CANNExecutionProvider", options), "CPUExecutionProvider"]
     assert opened == [("prefill_static.onnx", providers), ("decode_static.onnx", providers)]
@@ -361,14 +370,14 @@ def test_om_runners_take_their_mode_from_the_manifest(
     idx = torch.from_numpy(Vocabulary(manifest.vocab).encode(EXPECTED["prompt"]))[None]
     exported, backend = open_export(out, backend="om")
     assert (backend, exported.cache) == ("om", "static")
-    assert exported.vocab.decode(exported.generate(idx, 80, temperature=0.0)[0]) == EXPECTED["greedy"][:86]
+    assert exported.vocab.decode(extend(exported, idx, 80, temperature=0.0)[0]) == EXPECTED["greedy"][:86]
     assert sorted(set(modes)) == [("decode_static", "static"), ("prefill_static", "static")]
     for dims, mode in [(None, "static"), ([32, 64], "dymdims")]:
         manifest.dynamic_dims = dims
         manifest.write(out)
         modes.clear()
         exported, backend = open_export(out, backend="om", cache="dynamic")
-        assert exported.vocab.decode(exported.generate(idx, 4, temperature=0.0)[0]) == EXPECTED["greedy"][:10]
+        assert exported.vocab.decode(extend(exported, idx, 4, temperature=0.0)[0]) == EXPECTED["greedy"][:10]
         assert set(modes) == {("full", mode)}
 
 
@@ -378,9 +387,9 @@ def test_onnx_sampling_matches_pytorch(baby: tuple[Path, Path]) -> None:
     exported = ExportedGPT(folder)
     idx = torch.from_numpy(vocab.encode("\n"))[None]
     torch.manual_seed(7)
-    ref = model.generate(idx, 100, temperature=0.8, top_k=20)
+    ref = extend(model, idx, 100, temperature=0.8, top_k=20)
     torch.manual_seed(7)
-    got = exported.generate(idx, 100, temperature=0.8, top_k=20)
+    got = extend(exported, idx, 100, temperature=0.8, top_k=20)
     assert vocab.decode(got[0]) == vocab.decode(ref[0])
 
 
@@ -401,8 +410,8 @@ def test_half_window_sees_the_documented_context(baby: tuple[Path, Path]) -> Non
             logits, _ = model(torch.from_numpy(ids[begin:t])[None])
         losses.append(torch.nn.functional.cross_entropy(logits[0], torch.tensor(ids[t : t + 1])).item())
     exported = ExportedGPT(folder)
-    assert exported.nll(ids, start=start, window="half") == pytest.approx(np.mean(losses), abs=1e-5)
-    assert exported.nll(ids, start=start, window="half") != pytest.approx(exported.nll(ids, start=start), abs=1e-6)
+    assert nll(exported, ids, start=start, window="half") == pytest.approx(np.mean(losses), abs=1e-5)
+    assert nll(exported, ids, start=start, window="half") != pytest.approx(nll(exported, ids, start=start), abs=1e-6)
 
 
 def test_int8_graphs_cost_little_validation_loss(baby: tuple[Path, Path]) -> None:
@@ -455,7 +464,7 @@ def test_format_version_1_folders_still_read(
     _, folder = baby
     old = _copy_export(folder, tmp_path / "v1")
     v2 = Manifest.read(folder).to_dict()
-    assert v2.pop("atc") is None and v2["format_version"] == 2
+    assert v2.pop("atc") is None and v2["format_version"] == 3
     # Version 1 kept block_size beside a model of the five shape fields, and had no dropout.
     model = v2.pop("model")
     assert model["dropout"] == 0.0
@@ -472,8 +481,8 @@ def test_format_version_1_folders_still_read(
     assert capsys.readouterr().out.startswith(EXPECTED["greedy"][:26] + "\n")
     for change, message in [
         ({"graphs": None}, f"{old / MANIFEST} is damaged or not a lit-nanogpt manifest (AttributeError: "),
-        ({"format_version": 3}, f"{old / MANIFEST} has format_version 3: upgrade lit-nanogpt to read it"),
-        ({"format_version": "1"}, "(ValueError: format_version '1' is not 1 or 2); export again"),
+        ({"format_version": 4}, f"{old / MANIFEST} has format_version 4: upgrade lit-nanogpt to read it"),
+        ({"format_version": "1"}, "(ValueError: format_version '1' is not 1, 2 or 3); export again"),
     ]:
         (old / MANIFEST).write_text(json.dumps({**v1, **change}))
         assert main(generate) == 1
@@ -532,7 +541,7 @@ def test_fake_atc_compiles_the_full_graph(
     if dims:  # the dynamic-length full graph still pads to a profile length and stays exact
         exported = ExportedGPT(out)
         idx = torch.from_numpy(vocab.encode(EXPECTED["prompt"]))[None]
-        assert vocab.decode(exported.generate(idx, 200, temperature=0.0)[0]) == EXPECTED["greedy"]
+        assert vocab.decode(extend(exported, idx, 200, temperature=0.0)[0]) == EXPECTED["greedy"]
 
 
 @pytest.mark.slow  # a real process
@@ -648,7 +657,7 @@ def test_cli_export_then_generate_with_onnx(
         (["--onnx", "NOPE"], "export folder NOPE does not exist"),
         (["--onnx", "EXPORT", "--prompt", "ROMEO€"], "not in the model's vocabulary: '€'"),
         (["--onnx", "EXPORT", "--int8", "true"], "no full_int8, prefill_int8, decode_int8 graph"),
-        (["--checkpoint", "X", "--cache", "static"], "--int8, --window, --backend and --cache apply to --onnx"),
+        (["--checkpoint", "X", "--cache", "static"], "--int8, --backend and --cache apply to --onnx"),
         (["--onnx", "EXPORT", "--int8", "true", "--cache", "static"], "the static KV-cache graphs have no int8"),
         (
             ["--onnx", "EXPORT", "--int8", "true", "--backend", "cann"],
@@ -854,7 +863,7 @@ def test_om_generation_on_ascend(baby: tuple[Path, Path], tmp_path: Path) -> Non
     exported, backend = open_export(tmp_path / "export", backend="om")
     idx = torch.from_numpy(vocab.encode(EXPECTED["prompt"]))[None]
     assert backend == "om"
-    assert vocab.decode(exported.generate(idx, 200, temperature=0.0)[0]) == EXPECTED["greedy"]
+    assert vocab.decode(extend(exported, idx, 200, temperature=0.0)[0]) == EXPECTED["greedy"]
 
 
 @RunIf(cann_provider=True)
@@ -863,4 +872,4 @@ def test_cann_execution_provider(baby: tuple[Path, Path]) -> None:  # pragma: no
     exported, backend = open_export(folder, backend="cann")
     idx = torch.from_numpy(exported.vocab.encode(EXPECTED["prompt"]))[None]
     assert backend == "cann"
-    assert exported.vocab.decode(exported.generate(idx, 200, temperature=0.0)[0]) == EXPECTED["greedy"]
+    assert exported.vocab.decode(extend(exported, idx, 200, temperature=0.0)[0]) == EXPECTED["greedy"]

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from lit_nanogpt.model import GPT, GPTConfig, sample_next
-from tests.helpers import FIXTURES, NANOGPT_BABY, TINY
+from lit_nanogpt.model import GPT, GPTConfig
+from tests.helpers import FIXTURES, NANOGPT_BABY, TINY, extend
 
 REFERENCE_INIT = FIXTURES / "tiny_init.json"
 
@@ -111,15 +111,6 @@ def test_cached_and_uncached_generation_give_the_same_tokens(temperature: float,
     for use_cache in (True, False):
         g = torch.Generator().manual_seed(7)
         # 40 new tokens run well past block_size=16, through the sliding window.
-        outs.append(model.generate(prompt, 40, temperature, top_k, use_cache=use_cache, generator=g))
+        outs.append(extend(model, prompt, 40, temperature, top_k, use_cache=use_cache, generator=g))
     assert outs[0].shape == (1, 45)
     assert torch.equal(outs[0], outs[1])
-
-
-def test_sampling_rules() -> None:
-    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
-    assert sample_next(logits, 0.0, None).item() == 1  # temperature 0 is greedy
-    assert sample_next(logits, 5.0, 1).item() == 1  # top_k 1 is greedy
-    g = torch.Generator().manual_seed(0)
-    draws = {sample_next(logits, 1.0, 2, g).item() for _ in range(200)}
-    assert draws == {1, 3}  # only the two largest survive top_k=2
