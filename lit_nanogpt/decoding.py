@@ -280,9 +280,9 @@ class TorchBackend:
     """A ``GPT`` as a ``Backend``: a cache of ``max_batch`` slots on the model's device, decoded in place.
 
     Each layer's keys and values live in one (max_batch, n_head, block_size, head_size) tensor, in the dtype
-    the model computes them in (under autocast, the autocast dtype). A
-    decode step reads every row's first ``max(positions)`` positions (a view when the slots are
-    consecutive) and writes each new key and value at its row's own position.
+    the model computes them in (under autocast, the autocast dtype). A decode step reads the first
+    ``max(positions)`` positions of the slots' span (views: ``Decoder`` hands out the lowest free slot,
+    so the rows it holds stay packed) and writes each new key and value at its row's own position.
     """
 
     cached = True
@@ -316,20 +316,25 @@ class TorchBackend:
 
     @torch.no_grad()
     def decode(self, tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray) -> torch.Tensor:
-        B, P = len(tokens), int(positions.max())
-        lo = int(slots[0])
-        if np.array_equal(slots, np.arange(lo, lo + B)):  # consecutive: views, no copy
-            rows: slice | torch.Tensor = slice(lo, lo + B)
-        else:
-            rows = self._ids(slots)
+        P = int(positions.max())
+        lo, hi = int(slots.min()), int(slots.max()) + 1
+        if hi - lo <= 2 * len(slots):
+            # The slots' span as views (no copy); slots in it that are not stepped run as masked dummies
+            # (token 0 at position 0) whose outputs are dropped and whose caches are not written.
+            rows: slice | torch.Tensor = slice(lo, hi)
+            span_tokens, span_positions = np.zeros(hi - lo, dtype=np.int64), np.zeros(hi - lo, dtype=np.int64)
+            span_tokens[slots - lo], span_positions[slots - lo] = tokens, positions
+        else:  # scattered slots: gather them (a copy of their caches)
+            rows, span_tokens, span_positions, lo = self._ids(slots), tokens, positions, 0
         past = [(k[rows, :, :P], v[rows, :, :P]) for k, v in zip(self._keys, self._values, strict=True)]
-        pos = self._ids(positions)
-        logits, new = self.model.decode_step(self._ids(tokens)[:, None], pos, past)  # (B, 1, V)
-        index = self._ids(slots)
+        span_pos = self._ids(span_positions)
+        logits, new = self.model.decode_step(self._ids(span_tokens)[:, None], span_pos, past)  # (n, 1, V)
+        picked = self._ids(slots - lo) if isinstance(rows, slice) else torch.arange(len(slots), device=self.device)
+        index, pos = self._ids(slots), self._ids(positions)
         for cache_k, cache_v, (k, v) in zip(self._keys, self._values, new, strict=True):
-            cache_k[index, :, pos] = k[:, :, 0]  # (B, nh, hs) at each row's own slot and position
-            cache_v[index, :, pos] = v[:, :, 0]
-        return logits[:, -1]
+            cache_k[index, :, pos] = k[picked, :, 0]  # (B, nh, hs) at each row's own slot and position
+            cache_v[index, :, pos] = v[picked, :, 0]
+        return logits[picked, -1]
 
     @torch.no_grad()
     def window(self, ids: np.ndarray) -> torch.Tensor:
