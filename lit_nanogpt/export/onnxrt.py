@@ -4,9 +4,9 @@ The folder's graphs map onto the backend's three calls:
 
 * ``prefill``: ``prefill.onnx`` on a row's tokens, whose keys and values go into its slot of a cache
   of ``max_batch`` slots kept here, one (max_batch, n_head, block_size, head_size) array per layer;
-* ``decode``: ``decode.onnx`` on one token per row, each at its own position: it reads each row's
-  first ``max(positions)`` cached positions (the rest masked inside the graph) and returns only the
-  new keys and values, which are written at each row's position;
+* ``decode``: ``decode.onnx`` on one token per row, each at its own position: it reads the rows'
+  slots whole (a view of the cache; positions past a row's own are masked inside the graph) and
+  returns only the new keys and values, which are written at each row's position;
 * ``window``: ``full.onnx`` on the last ``block_size`` tokens, nanoGPT's exact sliding window.
 
 ``cache="static"`` runs the static-shape pair instead (``prefill_static.onnx``, ``decode_static.onnx``:
@@ -144,15 +144,24 @@ class ExportedGPT:
     def decode(self, tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray) -> torch.Tensor:
         if self.cache == "static":
             return self._decode_static(tokens, positions, slots)
-        P = int(positions.max())
-        past = [cache[slots, :, :P] for cache in self._cache]  # (B, nh, P, hs); beyond a row's position: masked
-        feeds = {"idx": tokens[:, None], **dict(zip(self._past, past, strict=True))}
-        if self._per_row:
-            feeds["pos"] = positions
-        logits, *new = self._run("decode", feeds)  # (B, 1, V); each (B, nh, 1, hs) (before version 3: P + 1)
+        if not self._per_row:  # before version 3: the past is exactly the row's positions, one row
+            past = [cache[slots, :, : int(positions[0])] for cache in self._cache]
+            logits, *present = self._run("decode", {"idx": tokens[:, None], **dict(zip(self._past, past, strict=True))})
+            for cache, kv in zip(self._cache, present, strict=True):
+                cache[slots, :, positions] = kv[:, :, -1]
+            return torch.from_numpy(logits[:, -1])
+        # The slots' whole span, every position: a view of the cache, no copy, and the same shapes at every
+        # step (onnxruntime plans its buffers once). Positions past a row's own are masked inside the graph;
+        # slots in the span that are not stepped run as dummies (token 0 at position 0), never written back.
+        lo, hi = int(slots.min()), int(slots.max()) + 1
+        span_tokens, span_positions = np.zeros((hi - lo, 1), dtype=np.int64), np.zeros(hi - lo, dtype=np.int64)
+        span_tokens[slots - lo, 0], span_positions[slots - lo] = tokens, positions
+        past = [cache[lo:hi] for cache in self._cache]  # (n, nh, block_size, hs) each
+        feeds = {"idx": span_tokens, "pos": span_positions, **dict(zip(self._past, past, strict=True))}
+        logits, *new = self._run("decode", feeds)  # (n, 1, V); each (n, nh, 1, hs)
         for cache, kv in zip(self._cache, new, strict=True):
-            cache[slots, :, positions] = kv[:, :, -1]
-        return torch.from_numpy(logits[:, -1])
+            cache[slots, :, positions] = kv[slots - lo, :, 0]
+        return torch.from_numpy(logits[slots - lo, -1])
 
     def window(self, ids: np.ndarray) -> torch.Tensor:
         if self.cache == "static":
