@@ -23,6 +23,7 @@ EXTRA_COMMANDS = {
     "generate": "Sample text from a checkpoint (lit-nanogpt generate --help)",
     "import-nanogpt": "Convert nanoGPT's ckpt.pt and meta.pkl into a lit-nanogpt checkpoint",
     "export": "Export a checkpoint to ONNX (and an Ascend .om when atc is installed)",
+    "serve": "Serve a checkpoint or an export over OpenAI's HTTP API (lit-nanogpt serve --help)",
 }
 HELP = f"""usage: {PROG} COMMAND [options]
 
@@ -128,13 +129,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if args else 2
         elif args[:1] == ["export"]:
             export_command(args[1:])
-        elif args[:1] and args[0] in ("generate", "import-nanogpt"):
+        elif args[:1] and args[0] in ("generate", "import-nanogpt", "serve"):
             from jsonargparse import auto_cli
 
             if args[0] == "generate":
                 from lit_nanogpt.generate import generate
 
                 command: Callable[..., Any] = generate
+            elif args[0] == "serve":
+                from lit_nanogpt.serve.command import serve
+
+                command = serve
             else:
                 command = import_nanogpt_command
             auto_cli(command, args=args[1:], as_positional=False, prog=f"{PROG} {args[0]}")

@@ -157,7 +157,11 @@ class ExportedGPT:
         span_tokens, span_positions = np.zeros((hi - lo, 1), dtype=np.int64), np.zeros(hi - lo, dtype=np.int64)
         span_tokens[slots - lo, 0], span_positions[slots - lo] = tokens, positions
         past = [cache[lo:hi] for cache in self._cache]  # (n, nh, block_size, hs) each
-        feeds = {"idx": span_tokens, "pos": span_positions, **dict(zip(self._past, past, strict=True))}
+        feeds: dict[str, np.ndarray] = {
+            "idx": span_tokens,
+            "pos": span_positions,
+            **dict(zip(self._past, past, strict=True)),
+        }
         logits, *new = self._run("decode", feeds)  # (n, 1, V); each (n, nh, 1, hs)
         for cache, kv in zip(self._cache, new, strict=True):
             cache[slots, :, positions] = kv[slots - lo, :, 0]
