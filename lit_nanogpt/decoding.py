@@ -45,8 +45,10 @@ class Backend(Protocol):
     """Whether ``prefill`` and ``decode`` exist; without them every token is a ``window`` (an ``.om`` of the
     full graph alone)."""
 
-    def prefill(self, slot: int, ids: np.ndarray) -> torch.Tensor:
-        """Logits (V,) after ``ids`` (T <= block_size,); ``slot`` then holds positions ``0 .. T - 1``."""
+    def prefill(self, slots: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """Logits (B, V) after each row of ``ids`` (B, T <= block_size), right-padded beyond its ``lengths[i]``;
+        ``slots[i]`` then holds its positions ``0 .. lengths[i] - 1`` (and padding after them, masked until
+        overwritten)."""
         ...
 
     def decode(self, tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray) -> torch.Tensor:
@@ -182,9 +184,14 @@ class Decoder:
         return len(row.ids) > self.block_size  # a new row whose prompt fits is a prefill
 
     def logits(self, rows: Sequence[Row]) -> torch.Tensor:
-        """Next-token logits (B, V) of ``rows`` (each admitted), their caches advanced to match."""
+        """Next-token logits (B, V) of ``rows`` (each admitted), their caches advanced to match.
+
+        New rows are prefilled together (one forward, right-padded to the longest), then every row whose cache
+        holds all its tokens but the last decodes in one batched step; window rows run one by one.
+        """
         backend, block = self.backend, self.block_size
         out: list[torch.Tensor | None] = [None] * len(rows)
+        prefill: list[tuple[int, list[int]]] = []
         decode: list[int] = []
         for i, row in enumerate(rows):
             if row.slot is None:
@@ -194,13 +201,20 @@ class Decoder:
             elif 0 < row.cached < block:
                 decode.append(i)
             elif row.cached == 0 and (len(row.ids) <= block or self.window == "half"):
-                ctx = row.ids[-block:]  # a new row: its whole context (the last block_size tokens of a long prompt)
-                out[i], row.cached = backend.prefill(row.slot, np.asarray(ctx, dtype=np.int64)), len(ctx)
+                prefill.append((i, row.ids[-block:]))  # a new row: its context (a long prompt's last block_size)
             elif self.window == "half":  # a full cache: start again from the last block_size // 2 tokens
-                ctx = row.ids[-max(1, block // 2) :]
-                out[i], row.cached = backend.prefill(row.slot, np.asarray(ctx, dtype=np.int64)), len(ctx)
+                prefill.append((i, row.ids[-max(1, block // 2) :]))
             else:  # the exact sliding window: every position shifts, so the whole last window again
                 out[i] = backend.window(np.asarray(row.ids[-block:], dtype=np.int64))
+        if prefill:
+            lengths = np.array([len(ctx) for _, ctx in prefill], dtype=np.int64)
+            ids = np.zeros((len(prefill), int(lengths.max())), dtype=np.int64)  # right-padded
+            for j, (_, ctx) in enumerate(prefill):
+                ids[j, : len(ctx)] = ctx
+            slots = np.array([rows[i].slot for i, _ in prefill], dtype=np.int64)
+            batch = backend.prefill(slots, ids, lengths)  # (B_prefill, V)
+            for j, (i, ctx) in enumerate(prefill):
+                out[i], rows[i].cached = batch[j], len(ctx)
         if decode:
             tokens = np.array([rows[i].ids[-1] for i in decode], dtype=np.int64)
             positions = np.array([rows[i].cached for i in decode], dtype=np.int64)
@@ -280,9 +294,9 @@ class TorchBackend:
     """A ``GPT`` as a ``Backend``: a cache of ``max_batch`` slots on the model's device, decoded in place.
 
     Each layer's keys and values live in one (max_batch, n_head, block_size, head_size) tensor, in the dtype
-    the model computes them in (under autocast, the autocast dtype). A decode step reads the first
-    ``max(positions)`` positions of the slots' span (views: ``Decoder`` hands out the lowest free slot,
-    so the rows it holds stay packed) and writes each new key and value at its row's own position.
+    the model computes them in (under autocast, the autocast dtype). A decode step works on the slots'
+    span as views (``Decoder`` hands out the lowest free slot, so the rows it holds stay packed): each
+    new key and value is written at its row's own position, then attended to with the rest in place.
     """
 
     cached = True
@@ -301,40 +315,33 @@ class TorchBackend:
         return torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self.device)
 
     @torch.no_grad()
-    def prefill(self, slot: int, ids: np.ndarray) -> torch.Tensor:
-        logits, present = self.model.forward_cached(self._ids(ids)[None])  # (1, T, V)
-        T = len(ids)
+    def prefill(self, slots: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        logits, present = self.model.forward_cached(self._ids(ids))  # (B, T, V); each (B, nh, T, hs)
+        T = ids.shape[1]
         if not self._keys or self._keys[0].dtype != present[0][0].dtype:  # first use, or autocast changed
             k = present[0][0]
             shape = (self.max_batch, k.shape[1], self.block_size, k.shape[3])  # (slots, nh, block_size, hs)
             self._keys = [k.new_zeros(shape) for _ in present]
             self._values = [k.new_zeros(shape) for _ in present]
+        index = self._ids(slots)
         for cache_k, cache_v, (k, v) in zip(self._keys, self._values, present, strict=True):
-            cache_k[slot, :, :T] = k[0]  # (nh, T, hs)
-            cache_v[slot, :, :T] = v[0]
-        return logits[0, -1]
+            cache_k[index, :, :T] = k  # a shorter row's padding too: masked until decode overwrites it
+            cache_v[index, :, :T] = v
+        return logits[torch.arange(len(slots), device=self.device), self._ids(lengths - 1)]  # (B, V)
 
     @torch.no_grad()
     def decode(self, tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray) -> torch.Tensor:
-        P = int(positions.max())
+        # The slots' span, as views of the cache, updated in place: no row's past is copied. Slots in the span
+        # that are not stepped run as dummies (token 0 at position 0) whose outputs are dropped, never written.
         lo, hi = int(slots.min()), int(slots.max()) + 1
-        if hi - lo <= 2 * len(slots):
-            # The slots' span as views (no copy); slots in it that are not stepped run as masked dummies
-            # (token 0 at position 0) whose outputs are dropped and whose caches are not written.
-            rows: slice | torch.Tensor = slice(lo, hi)
-            span_tokens, span_positions = np.zeros(hi - lo, dtype=np.int64), np.zeros(hi - lo, dtype=np.int64)
-            span_tokens[slots - lo], span_positions[slots - lo] = tokens, positions
-        else:  # scattered slots: gather them (a copy of their caches)
-            rows, span_tokens, span_positions, lo = self._ids(slots), tokens, positions, 0
-        past = [(k[rows, :, :P], v[rows, :, :P]) for k, v in zip(self._keys, self._values, strict=True)]
-        span_pos = self._ids(span_positions)
-        logits, new = self.model.decode_step(self._ids(span_tokens)[:, None], span_pos, past)  # (n, 1, V)
-        picked = self._ids(slots - lo) if isinstance(rows, slice) else torch.arange(len(slots), device=self.device)
-        index, pos = self._ids(slots), self._ids(positions)
-        for cache_k, cache_v, (k, v) in zip(self._keys, self._values, new, strict=True):
-            cache_k[index, :, pos] = k[picked, :, 0]  # (B, nh, hs) at each row's own slot and position
-            cache_v[index, :, pos] = v[picked, :, 0]
-        return logits[picked, -1]
+        span_tokens, span_positions = np.zeros(hi - lo, dtype=np.int64), np.zeros(hi - lo, dtype=np.int64)
+        span_tokens[slots - lo], span_positions[slots - lo] = tokens, positions
+        written = self._ids(slots - lo)
+        keys, values = [k[lo:hi] for k in self._keys], [v[lo:hi] for v in self._values]
+        logits = self.model.decode_in_place(
+            self._ids(span_tokens)[:, None], self._ids(span_positions), keys, values, written
+        )  # (n, 1, V)
+        return logits[written, -1]
 
     @torch.no_grad()
     def window(self, ids: np.ndarray) -> torch.Tensor:

@@ -200,6 +200,30 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self._merge(y), new if new_only else (k, v)
 
+    def decode_in_place(
+        self,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        pos: torch.Tensor,
+        written: torch.Tensor,
+        rope: Rope | None = None,
+    ) -> torch.Tensor:
+        """One new position per row of ``x`` (B, 1, C), each row at ``pos`` (B,) of its cache ``keys``/``values``
+        (B, nh, S, hs), updated in place: the rows ``written`` (indices) get their new key and value at their
+        position; each row attends to its positions ``0 .. pos``. Rows not written attend to stale entries: their
+        output is not meant to be used."""
+        q, k, v = self._qkv(x, rope)  # (B, nh, 1, hs)
+        keys[written, :, pos[written]] = k[written, :, 0]
+        values[written, :, pos[written]] = v[written, :, 0]
+        seen = int(pos.max()) + 1
+        mask = torch.arange(seen, device=x.device) <= pos[:, None]  # (B, seen)
+        B = x.shape[0]
+        y = F.scaled_dot_product_attention(
+            q, keys[:, :, :seen], values[:, :, :seen], attn_mask=mask.view(B, 1, 1, seen)
+        )
+        return self._merge(y)
+
 
 class ReLUSquared(nn.Module):
     """relu(x)^2, the MLP nonlinearity of modded-nanogpt (found by the Primer architecture search)."""
@@ -244,6 +268,18 @@ class Block(nn.Module):
         a, present = self.attn.forward_cached(self.ln_1(x), past, mask, slot, rope, new_only)
         x = x + a
         return x + self.mlp(self.ln_2(x)), present
+
+    def decode_in_place(
+        self,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        pos: torch.Tensor,
+        written: torch.Tensor,
+        rope: Rope | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn.decode_in_place(self.ln_1(x), keys, values, pos, written, rope)
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -386,3 +422,20 @@ class GPT(nn.Module):
             x, kv_new = block.forward_cached(x, kv, mask.view(B, 1, 1, P + 1), rope=rope, new_only=True)
             new.append(kv_new)  # (B, nh, 1, hs) each
         return self.lm_head(self.transformer.ln_f(x)), new  # (B, 1, V)
+
+    def decode_in_place(
+        self,
+        idx: torch.Tensor,
+        pos: torch.Tensor,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        written: torch.Tensor,
+    ) -> torch.Tensor:
+        """``decode_step`` on caches held in place: logits (B, 1, V) of one token per row, ``idx`` (B, 1), each at
+        its own position ``pos`` (B,), with each layer's ``keys``/``values`` (B, nh, S, hs) updated in place for
+        the rows ``written`` (indices), so no row's past is copied. The KV-cache backend's decode on PyTorch;
+        the exported graphs use ``decode_step``, which is a pure function."""
+        x, rope = self.embed(idx, pos[:, None])  # (B, 1, C)
+        for block, k, v in zip(self.transformer.h, keys, values, strict=True):
+            x = block.decode_in_place(x, k, v, pos, written, rope)
+        return self.lm_head(self.transformer.ln_f(x))  # (B, 1, V)

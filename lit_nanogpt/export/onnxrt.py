@@ -129,17 +129,17 @@ class ExportedGPT:
         return self._sessions[graph].run(None, feeds)
 
     # ---- the backend ----
-    def prefill(self, slot: int, ids: np.ndarray) -> torch.Tensor:
-        T = len(ids)
-        if self.cache == "static":
-            last, present = self._prefill_static(slot, ids)
-            for cache, kv in zip(self._cache, present, strict=True):
-                cache[slot] = kv[slot]
-            return last
-        logits, *present = self._run("prefill", {"idx": ids[None]})  # (1, T, V), each (1, nh, T, hs)
+    def prefill(self, slots: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        if self.cache == "static" and self._per_row:
+            return self._prefill_rows(slots, ids, lengths)
+        if self.cache == "static":  # before version 3: one length for all rows, so one row at a time
+            rows = [self._prefill_rows(slots[i : i + 1], ids[i : i + 1], lengths[i : i + 1]) for i in range(len(slots))]
+            return torch.cat(rows)
+        T = ids.shape[1]
+        logits, *present = self._run("prefill", {"idx": ids})  # (B, T, V), each (B, nh, T, hs)
         for cache, kv in zip(self._cache, present, strict=True):
-            cache[slot, :, :T] = kv[0]
-        return torch.from_numpy(logits[0, -1])
+            cache[slots, :, :T] = kv  # a shorter row's padding too: masked until decode overwrites it
+        return torch.from_numpy(logits[np.arange(len(slots)), lengths - 1])  # (B, V)
 
     def decode(self, tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray) -> torch.Tensor:
         if self.cache == "static":
@@ -168,9 +168,9 @@ class ExportedGPT:
         return torch.from_numpy(logits[slots - lo, -1])
 
     def window(self, ids: np.ndarray) -> torch.Tensor:
-        if self.cache == "static":
-            logits, _ = self._prefill_static(0, ids)
-            return logits
+        if self.cache == "static":  # the static prefill on row 0, its cache thrown away
+            logits, _ = self._prefill_static(np.array([0]), ids[None], np.array([len(ids)]))
+            return logits[0]
         return torch.from_numpy(self.full(ids[None])[0])
 
     # ---- the graphs ----
@@ -195,15 +195,24 @@ class ExportedGPT:
         """The fixed shape of an input of a static graph."""
         return tuple(int(d) for d in self._inputs[graph][name])
 
-    def _prefill_static(self, row: int, ids: np.ndarray) -> tuple[torch.Tensor, list[np.ndarray]]:
-        """The static prefill with ``ids`` in batch row ``row`` (the others padding): its logits (V,), and
-        every row's cache (batch, nh, block_size, hs), valid in row ``row`` up to position ``len(ids) - 1``."""
+    def _prefill_static(
+        self, rows: np.ndarray, ids: np.ndarray, lengths: np.ndarray
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """The static prefill with ``ids[i]`` in batch row ``rows[i]`` (the other rows padding): their logits
+        (B, V), and every row's cache (batch, nh, block_size, hs), row ``rows[i]`` valid up to ``lengths[i] - 1``."""
         window = np.zeros(self._shape("prefill_static", "idx"), dtype=np.int64)  # (batch, block_size)
-        window[row, : len(ids)] = ids
+        window[rows, : ids.shape[1]] = ids
         length = np.ones(self._shape("prefill_static", "length"), dtype=np.int64)
-        length[row if self._per_row else 0] = len(ids)
+        length[rows if self._per_row else 0] = lengths
         logits, *present = self._run("prefill_static", {"idx": window, "length": length})  # (batch, 1, V)
-        return torch.from_numpy(logits[row, -1]), present
+        return torch.from_numpy(logits[rows, -1]), present
+
+    def _prefill_rows(self, slots: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """The static prefill of ``ids`` into ``slots`` (each slot is its batch row), their caches kept."""
+        logits, present = self._prefill_static(slots, ids, lengths)
+        for cache, kv in zip(self._cache, present, strict=True):
+            cache[slots] = kv[slots]
+        return logits
 
     def _decode_static(self, tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray) -> torch.Tensor:
         """One token per row through the static decode: every row of its fixed batch goes in; the rows not

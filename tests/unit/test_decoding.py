@@ -22,7 +22,7 @@ from tests.helpers import TINY
 VOCAB = Vocabulary("".join(chr(33 + i) for i in range(65)))
 # Rows joining a running batch: the step each joins at and its prompt. 30 new tokens each run past
 # block_size=16, so the exact window joins in too.
-STARTS = {0: [1, 2, 3], 2: [4], 5: [5, 6, 7, 8, 9, 10, 11], 6: [12, 13]}
+STARTS = [(0, [1, 2, 3]), (0, [9, 8, 7, 6, 5, 4]), (5, [5, 6, 7, 8, 9, 10, 11]), (6, [12, 13])]
 NEW = 30
 
 
@@ -53,12 +53,12 @@ def staggered(backend, window: str = "exact") -> tuple[list[list[int]], list[lis
     decoder = Decoder(backend, window=window)
     rows: list[Row] = []
     logits: list[list[torch.Tensor]] = []
-    for step in range(max(STARTS) + NEW):
-        if step in STARTS:
-            rows.append(Row(list(STARTS[step]), Sampler(0.0)))
+    for step in range(STARTS[-1][0] + NEW):
+        for prompt in [p for start, p in STARTS if start == step]:  # rows joining together prefill together
+            rows.append(Row(list(prompt), Sampler(0.0)))
             logits.append([])
             assert decoder.admit(rows[-1])
-        prompts = list(STARTS.values())
+        prompts = [p for _, p in STARTS]
         active = [i for i, row in enumerate(rows) if len(row.ids) < len(prompts[i]) + NEW]
         if not active:
             break
@@ -86,7 +86,7 @@ def test_rows_started_at_different_steps_give_each_rows_solo_tokens(
     model, folder = exported
     make = backends(model, folder)[backend]
     together, logits = staggered(make(4), window)
-    for prompt, ids, row_logits in zip(STARTS.values(), together, logits, strict=True):
+    for (_, prompt), ids, row_logits in zip(STARTS, together, logits, strict=True):
         solo, solo_logits = staggered_one(make(1), prompt, window)
         assert ids == solo
         assert len(set(ids[len(prompt) :])) >= 4  # varied text, or the check would prove little

@@ -160,7 +160,7 @@ def test_kv_cache_decode_equals_full_recompute(baby: tuple[Path, Path]) -> None:
     _, folder = baby
     exported = ExportedGPT(folder)
     ids = np.random.default_rng(0).integers(0, 65, size=64)
-    steps = [exported.prefill(0, ids[:5])]
+    steps = [exported.prefill(np.array([0]), ids[None, :5], np.array([5]))[0]]
     for t in range(5, 64):
         steps.append(exported.decode(ids[t : t + 1], np.array([t]), np.array([0]))[0])
     assert exported._cache[0].shape == (1, 4, 64, 32)  # (slots, nh, block_size, hs)
@@ -230,7 +230,7 @@ def test_cli_generate_warms_every_graph_before_the_timer(
     the first character is printed (the timer starts there): the tokens/s line times generation alone."""
     ckpt, folder = baby
     events: list[str] = []
-    gpt_forward, gpt_forward_cached, gpt_decode_step = GPT.forward, GPT.forward_cached, GPT.decode_step
+    gpt_forward, gpt_forward_cached, gpt_decode = GPT.forward, GPT.forward_cached, GPT.decode_in_place
     onnx_run, onnx_session = ExportedGPT._run, onnxrt._session
 
     def label(graph: str, idx: torch.Tensor | np.ndarray) -> str:
@@ -244,9 +244,9 @@ def test_cli_generate_warms_every_graph_before_the_timer(
         events.append(label("prefill", idx))
         return gpt_forward_cached(self, idx, past)
 
-    def decode_step(self: GPT, idx: torch.Tensor, pos: torch.Tensor, past):
+    def decode_in_place(self: GPT, idx: torch.Tensor, *args):
         events.append("decode")
-        return gpt_decode_step(self, idx, pos, past)
+        return gpt_decode(self, idx, *args)
 
     def run(self: ExportedGPT, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         events.append(label(graph, feeds["idx"]))
@@ -263,7 +263,7 @@ def test_cli_generate_warms_every_graph_before_the_timer(
 
     monkeypatch.setattr(GPT, "forward", forward)
     monkeypatch.setattr(GPT, "forward_cached", forward_cached)
-    monkeypatch.setattr(GPT, "decode_step", decode_step)
+    monkeypatch.setattr(GPT, "decode_in_place", decode_in_place)
     monkeypatch.setattr(ExportedGPT, "_run", run)
     monkeypatch.setattr(onnxrt, "_session", session)
     monkeypatch.setattr(sys, "stdout", stdout := Stdout())
