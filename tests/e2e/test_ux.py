@@ -64,7 +64,8 @@ NO_NEWLINE = (ROOT / "lit_nanogpt/assets/tinyshakespeare.txt").read_text()[:40_0
 @pytest.fixture(scope="module")
 def no_newline_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
     """Each shipped config's fit, tiny, on a corpus without a newline: {config name: (corpus, run folder, W&B dir,
-    the finished process)}. The six processes run at once: most of each is start-up, which two cores overlap.
+    the finished process)}. The processes, one per config, run at once: most of each is start-up, which two cores
+    overlap.
 
     The GPU and NPU recipes run on the CPU here, in fp32 and uncompiled; what they share with the others
     (callbacks, logger, sampling) is the point.
@@ -204,6 +205,7 @@ def test_learning_rate_decay_follows_max_steps_unless_a_recipe_sets_it() -> None
     decay = {c.name: yaml.safe_load(c.read_text())["model"].get("lr_decay_iters") for c in CONFIGS}
     assert decay == {
         "shakespeare_char.yaml": None,
+        "shakespeare_char_10m_cpu.yaml": None,
         "shakespeare_char_cpu.yaml": 2000,
         "shakespeare_char_cpu_fast.yaml": None,
         "shakespeare_char_fast.yaml": None,
