@@ -44,10 +44,12 @@ def om_runner(path: Path, graph: Graph, mode: str = "static", device_id: int = 0
     from ais_bench.infer.interface import InferSession
 
     session = InferSession(device_id, str(path))
-    names = [t.name for t in graph.inputs]
+    specs = [(t.name, np.dtype(t.dtype)) for t in graph.inputs]
 
     def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        inputs = [np.ascontiguousarray(feeds[n]) for n in names]
+        # In the compiled model's own dtypes (the manifest's, as atc keeps them): InferSession checks only each
+        # feed's byte size, so a feed of another dtype with the same size would be read as garbage, silently.
+        inputs = [np.ascontiguousarray(feeds[name], dtype=dtype) for name, dtype in specs]
         outputs = session.infer(inputs, mode=mode)
         if mode == "dymdims":  # the full graph: logits (B, T, V) at the fed length
             return [np.asarray(outputs[0], dtype=np.float32).reshape(*inputs[0].shape, -1)]

@@ -361,6 +361,11 @@ def test_om_runners_take_their_mode_from_the_manifest(
 
         def infer(self, feeds: list[np.ndarray], mode: str = "static") -> list[np.ndarray]:
             modes.append((self.graph, mode))
+            # ais_bench checks only byte sizes: the runner must hand over the model's own dtypes and order.
+            dtypes = [
+                {"tensor(int64)": np.int64, "tensor(float)": np.float32}[i.type] for i in self.session.get_inputs()
+            ]
+            assert [f.dtype for f in feeds] == dtypes and all(f.flags.c_contiguous for f in feeds)
             return self.session.run(None, dict(zip([i.name for i in self.session.get_inputs()], feeds, strict=True)))
 
     interface = ModuleType("ais_bench.infer.interface")
