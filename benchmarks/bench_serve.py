@@ -289,7 +289,12 @@ def main() -> None:
                 server = start_server(sources[backend], batch)
                 try:
                     for clients in args.clients:
-                        row = asyncio.run(closed_loop(server, clients, args.requests, prompts, args.tokens))
+                        try:
+                            row = asyncio.run(closed_loop(server, clients, args.requests, prompts, args.tokens))
+                        except OSError as e:  # the server went away: say how, with its last words
+                            code = server.proc.poll()
+                            raise SystemExit(f"{e}; the server's exit code: {code}; its stderr:\n"
+                                             + "\n".join(server.log[-30:])) from None  # fmt: skip
                         row.update(backend=backend, max_batch_size=batch, clients=clients)
                         result["rows"].append(row)
                         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),

@@ -26,7 +26,12 @@ API_KEY_ENV = "LIT_NANOGPT_API_KEY"
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """A listening-ready socket on ``host:port``, or one line saying why not."""
+    """A socket listening on ``host:port``, or one line saying why not.
+
+    It listens from here on, before the model loads and before uvicorn accepts: a client that connects as
+    soon as the ready line is printed waits in the backlog instead of being refused (uvicorn prints the line
+    at startup, before its own ``listen``).
+    """
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as e:
@@ -35,6 +40,7 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: no wait on TIME_WAIT
     try:
         sock.bind(address)
+        sock.listen(2048)  # uvicorn's default backlog
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:

@@ -320,7 +320,9 @@ def test_a_full_queue_is_429_and_clients_that_leave_free_their_slots(server: Ser
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     server.wait_until(lambda: server.metric("lit_nanogpt_running_rows") == 0, timeout=5)
     assert server.metric("lit_nanogpt_queue_depth") == 0
-    assert server.metric("lit_nanogpt_cancelled_rows_total") - cancelled == 4  # the two waiting never got a row
+    # The four running rows are cancelled; a waiting request can take a slot they free before its own hang-up
+    # is seen, and is then cancelled as a row too (seen once in six runs): each row counted once, none leaked.
+    assert 4 <= server.metric("lit_nanogpt_cancelled_rows_total") - cancelled <= 6
 
 
 def test_a_client_that_disconnects_frees_its_slot(server: Server) -> None:
