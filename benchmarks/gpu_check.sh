@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: one command for one H100 or H200 with no network, in under 6 minutes (BENCHMARKS.md, "GPU
+# The GPU check: one command for one H100 or H200 with no network, in under 7 minutes (BENCHMARKS.md, "GPU
 # check"). Four stages, each with its own time budget, each writing its figures into gpu_check.json as it ends
 # (so a run cut off still reports what finished), a failed stage recorded with its exit code and output tail:
 #   1. vs_nanogpt: nanoGPT's own train.py with its GPU recipe (bf16, compile) and `lit-nanogpt fit --config

@@ -9,6 +9,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torchmetrics import MeanMetric
 
@@ -208,6 +210,27 @@ class LitGPT(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping, except under bf16 AMP with a fused optimizer (nanoGPT's GPU recipe).
+
+        Lightning's ``MixedPrecision`` refuses to clip for any optimizer that can unscale gradients inside its
+        step (``fused=True``), also under bf16, where there is no loss scale and so nothing to unscale: the
+        gradients are the true ones, and clipping them before the step is what nanoGPT does. fp16 (a scaler)
+        and every other plugin (``NPUPrecision`` has its own rule for torch_npu's flat-buffer optimizers) keep
+        Lightning's path.
+        """
+        plugin = self.trainer.precision_plugin
+        if type(plugin) is MixedPrecision and plugin.scaler is None and gradient_clip_val:
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
 def rng_states(device: torch.device) -> dict[str, Any]:

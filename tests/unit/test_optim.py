@@ -12,7 +12,7 @@ import torch
 from lit_nanogpt.data import CharDataModule
 from lit_nanogpt.model import GPTConfig
 from lit_nanogpt.module import LitGPT
-from lit_nanogpt.optim import MuonAdamW, orthogonalize, wsd_lr
+from lit_nanogpt.optim import MuonAdamW, orthogonalize, orthogonalize_all, wsd_lr
 from tests.helpers import TINY
 
 
@@ -131,3 +131,34 @@ def test_compile_wraps_the_network_and_keeps_its_checkpoint_keys(tmp_path) -> No
     ckpt = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=True)
     assert set(ckpt["state_dict"]) == set(plain.state_dict())  # no _orig_mod. prefixes
     assert ckpt["hyper_parameters"]["compile_backend"] == "eager"
+
+
+def test_bf16_mixed_clips_gradients_for_fused_adamw(tmp_path, monkeypatch) -> None:
+    """nanoGPT's GPU recipe (bf16 AMP, fused AdamW, clip 1.0): Lightning alone refuses it; the gradients are
+    clipped to the norm asked for before each step (the H200 run of benchmarks/gpu_check.sh hit the refusal)."""
+    norms: list[float] = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        total = clip(parameters, max_norm, *args, **kwargs)
+        norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters])).item())
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    module = LitGPT(GPTConfig(**TINY, vocab_size=65), fused=True, lr_decay_iters=3)
+    data = CharDataModule(block_size=TINY["block_size"], batch_size=4, cache_dir=str(tmp_path / "cache"))
+    trainer = L.Trainer(max_steps=3, precision="bf16-mixed", gradient_clip_val=1e-3, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, data)
+    assert len(norms) == 3 and max(norms) <= 1e-3 * 1.01, norms
+
+
+def test_blocks_orthogonalised_together_equal_each_alone() -> None:
+    gen = torch.Generator().manual_seed(0)
+    blocks = [torch.randn(shape, generator=gen) for shape in [(16, 16), (16, 48), (48, 16), (16, 16), (8, 24)]]
+    together = orthogonalize_all(blocks, steps=5)
+    for block, out in zip(blocks, together, strict=True):
+        assert out.shape == block.shape
+        torch.testing.assert_close(out, orthogonalize(block, steps=5), atol=1e-5, rtol=0)
