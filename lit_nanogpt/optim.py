@@ -48,11 +48,11 @@ def orthogonalize_all(blocks: list[torch.Tensor], steps: int) -> list[torch.Tens
     out: list[torch.Tensor | None] = [None] * len(blocks)
     by_shape: dict[tuple[torch.Size, torch.device], list[int]] = {}
     for i, block in enumerate(blocks):
-        wide = block if block.size(0) <= block.size(1) else block.T
-        by_shape.setdefault((wide.shape, wide.device), []).append(i)
+        shape = block.shape if block.size(0) <= block.size(1) else block.T.shape
+        by_shape.setdefault((shape, block.device), []).append(i)
     for indices in by_shape.values():
-        wide = [blocks[i] if blocks[i].size(0) <= blocks[i].size(1) else blocks[i].T for i in indices]
-        for i, o in zip(indices, orthogonalize(torch.stack(wide), steps).unbind(), strict=True):
+        stack = [blocks[i] if blocks[i].size(0) <= blocks[i].size(1) else blocks[i].T for i in indices]
+        for i, o in zip(indices, orthogonalize(torch.stack(stack), steps).unbind(), strict=True):
             out[i] = o if blocks[i].size(0) <= blocks[i].size(1) else o.T
     return out  # type: ignore[return-value]
 
@@ -110,18 +110,18 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def _muon(self, groups: list[dict[str, Any]]) -> None:
         """Nesterov momentum per group, then every group's blocks orthogonalised together, then the steps."""
-        steps: list[tuple[dict[str, Any], list[torch.nn.Parameter], list[torch.Tensor]]] = []
+        steps: list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]] = []
         for group in groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params: list[torch.Tensor] = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             for p in params:
                 if "momentum_buffer" not in self.state[p]:
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p)
             buffers = [self.state[p]["momentum_buffer"] for p in params]
-            grads = [p.grad for p in params]
+            grads = [g for p in params if (g := p.grad) is not None]  # every one: params has only those
             torch._foreach_lerp_(buffers, grads, 1 - group["momentum"])
-            updates = torch._foreach_lerp(grads, buffers, group["momentum"])  # Nesterov
+            updates = list(torch._foreach_lerp(grads, buffers, group["momentum"]))  # Nesterov
             steps.append((group, params, updates))
         by_steps: dict[int, list[torch.Tensor]] = {}
         for group, _, updates in steps:
