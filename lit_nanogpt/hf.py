@@ -19,6 +19,7 @@ import them, and only the commands that use this module import it.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 from pathlib import Path
@@ -114,7 +115,7 @@ def export_hf(model: GPT, vocab: Vocabulary, out: str | Path) -> float:
         )
     transformers = hf_module("transformers")
     safetensors_torch = hf_module("safetensors.torch")
-    model = model.cpu().float().eval()
+    model = copy.deepcopy(model).cpu().float().eval()  # the caller's model stays where and as it was
     with replacing(Path(out)) as tmp:
         transformers.GPT2Config(**settings).save_pretrained(tmp)
         safetensors_torch.save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})

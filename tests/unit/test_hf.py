@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -17,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lit_nanogpt.checkpoint import import_nanogpt, load_model, read_nanogpt_meta, torch_load
+from lit_nanogpt.checkpoint import import_nanogpt, load_model, read_nanogpt_meta, torch_load, write_checkpoint
 from lit_nanogpt.commands import main
 from lit_nanogpt.hf import export_hf
 from lit_nanogpt.model import GPT, GPTConfig
@@ -48,11 +49,16 @@ def baby_hf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _tiny(seed: int, **options: object) -> GPT:
     """A tiny model with every weight drawn at random (an untied head starts at zero otherwise)."""
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(**{**TINY, "vocab_size": 11, **options}))  # type: ignore[arg-type]
+    model = GPT(GPTConfig(**{**TINY, "vocab_size": 11, **options}))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.3)
     return model.eval()
+
+
+def _checkpoint(model: GPT, out: Path) -> Path:
+    """``model`` as a lit-nanogpt checkpoint over the characters a-k, written as the imports write one."""
+    return write_checkpoint(model.config, model.state_dict(), Vocabulary("abcdefghijk"), out, "unused")
 
 
 def test_transformers_runs_the_baby_export_as_ours(baby_hf: tuple[Path, Path]) -> None:
@@ -88,7 +94,7 @@ def test_transformers_runs_the_baby_export_as_ours(baby_hf: tuple[Path, Path]) -
 
 def test_the_char_tokenizer_round_trips_every_character(tmp_path: Path) -> None:
     vocab = Vocabulary.from_text("\t\n\r \u00a0e\u0301\u00e9\u2028\U0001f600[UNK]<unk>,'")
-    model = GPT(GPTConfig(**{**TINY, "vocab_size": len(vocab)})).eval()  # type: ignore[arg-type]
+    model = GPT(GPTConfig(**TINY, vocab_size=len(vocab))).eval()
     export_hf(model, vocab, tmp_path / "hf")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = "e\u0301 ,\t\r\n\n  \u00a0\U0001f600[UNK] ' <unk>"
@@ -170,26 +176,17 @@ def test_nanogpt_export_is_nanogpts_format(baby_hf: tuple[Path, Path], tmp_path:
 
 
 def test_what_a_format_cannot_hold_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
-    vocab = Vocabulary("abcdefghijk")
     for name, options in {"rotary": {"rotary": True}, "qk_norm": {"qk_norm": True}}.items():
-        ckpt = tmp_path / f"{name}.ckpt"
-        import_like(_tiny(0, **options), vocab, ckpt)
+        ckpt = _checkpoint(_tiny(0, **options), tmp_path / f"{name}.ckpt")
         line = error_of(capsys, "export", "--format=hf", f"--checkpoint={ckpt}", f"--out={tmp_path / name}")
         assert f"transformers' GPT-2 has no {name}=True" in line
         assert not (tmp_path / name).exists()
     for name, options in {"mlp_activation": {"mlp_activation": "relu2"}, "tie_weights": {"tie_weights": False}}.items():
-        ckpt = tmp_path / f"{name}.ckpt"
-        import_like(_tiny(0, **options), vocab, ckpt)
+        ckpt = _checkpoint(_tiny(0, **options), tmp_path / f"{name}.ckpt")
         line = error_of(capsys, "export", "--format=nanogpt", f"--checkpoint={ckpt}", f"--out={tmp_path / name}")
         assert f"nanoGPT's model has no {name}=" in line
     line = error_of(capsys, "export", "--format=hf", f"--checkpoint={ckpt}", f"--out={tmp_path / 'x'}", "--opset=13")
     assert line.endswith("--opset is not an option of --format hf, which takes --checkpoint, --format, --out")
-
-
-def import_like(model: GPT, vocab: Vocabulary, out: Path) -> None:
-    from lit_nanogpt.checkpoint import write_checkpoint
-
-    write_checkpoint(model.config, model.state_dict(), vocab, out, "test")
 
 
 def test_bad_hf_folders_give_one_clear_error(baby_hf: tuple[Path, Path], tmp_path: Path, capsys) -> None:
@@ -228,3 +225,31 @@ def test_bad_hf_folders_give_one_clear_error(baby_hf: tuple[Path, Path], tmp_pat
     partial = folder("partial", drop="model.safetensors")
     save_file({"transformer.wte.weight": torch.zeros(65, 128)}, str(partial / "model.safetensors"))
     assert "weights do not fit its config.json" in error(partial)
+
+
+def test_a_failed_hf_export_leaves_the_previous_folder_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder is swapped in only once transformers agreed with it; the check can fail (a tolerance below 0)."""
+    ckpt = _checkpoint(_tiny(4), tmp_path / "tiny.ckpt")
+    out = tmp_path / "hf"
+    assert main(["export", "--format=hf", f"--checkpoint={ckpt}", f"--out={out}"]) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    monkeypatch.setattr("lit_nanogpt.hf.TOLERANCE", -1.0)
+    line = error_of(capsys, "export", "--format=hf", f"--checkpoint={ckpt}", f"--out={out}")
+    assert "transformers' logits differ from PyTorch's by up to 0" in line and "not written" in line
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "tiny.ckpt"]  # no half-written folder beside it
+
+
+def test_without_the_hf_extra_the_commands_say_which_to_install(
+    baby_hf: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt, folder = baby_hf
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # as if not installed: importing it raises
+    line = error_of(capsys, "import-hf", f"--model={folder}", f"--out={tmp_path / 'x.ckpt'}")
+    assert line.endswith("the Hugging Face format needs safetensors: pip install 'lit-nanogpt[hf]'")
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    line = error_of(capsys, "export", "--format=hf", f"--checkpoint={ckpt}", f"--out={tmp_path / 'hf'}")
+    assert "needs transformers: pip install 'lit-nanogpt[hf]'" in line
+    assert not (tmp_path / "x.ckpt").exists() and not (tmp_path / "hf").exists()
