@@ -1,4 +1,4 @@
-"""Reading lit-nanogpt checkpoints, and bringing nanoGPT's own ``ckpt.pt`` along."""
+"""Reading lit-nanogpt checkpoints, and nanoGPT's own ``ckpt.pt`` and ``meta.pkl`` both ways."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lit_nanogpt.files import atomic_open
+from lit_nanogpt.files import atomic_open, replacing
 from lit_nanogpt.model import GPT, GPTConfig
 from lit_nanogpt.text import Vocabulary
 
@@ -25,6 +25,8 @@ LATER_ARCH_DEFAULTS = {
     if f.name in ("rotary", "qk_norm", "mlp_activation", "tie_weights")
 }
 _ORIG_MOD = "_orig_mod."  # what torch.compile leaves in front of every key
+# nanoGPT's optimizer settings that LitGPT takes under the same names.
+NANOGPT_TRAINING = ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "beta1", "beta2")
 
 
 def refused_unpickling(what: str, path: str | Path, error: Exception) -> ValueError | None:
@@ -193,34 +195,106 @@ def import_nanogpt(ckpt_path: str | Path, meta_path: str | Path, out: str | Path
     state = {k.removeprefix(_ORIG_MOD): v for k, v in src["model"].items()}
     # nanoGPT without flash attention keeps its causal mask as a buffer named attn.bias: not a weight.
     state = {k: v for k, v in state.items() if not (k.endswith(".attn.bias") and v.dim() == 4)}
+    cfg = src.get("config", {})
+    training = {k: cfg[k] for k in NANOGPT_TRAINING if k in cfg}
+    step = int(src.get("iter_num", 0))
+    origin = {"nanogpt": {"iter_num": step, "best_val_loss": float(src.get("best_val_loss", "nan"))}}
+    misfit = f"{ckpt_path}: weights do not fit its model_args"
+    return write_checkpoint(config, state, vocab, out, misfit, training=training, step=step, extra=origin)
+
+
+def write_checkpoint(
+    config: GPTConfig,
+    state: dict[str, torch.Tensor],
+    vocab: Vocabulary,
+    out: str | Path,
+    misfit: str,
+    training: dict[str, Any] | None = None,
+    step: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the lit-nanogpt checkpoint of a network brought from elsewhere (nanoGPT, transformers).
+
+    Args:
+        config: Its architecture.
+        state: Its weights under lit-nanogpt's (nanoGPT's) names; they must fit ``config`` exactly.
+        vocab: Its vocabulary.
+        out: Where to write; replaced only once the new file is complete.
+        misfit: The error's start when the weights do not fit ``config`` (names the source).
+        training: Optimizer settings it was trained with (LitGPT's argument names); the rest keep LitGPT's defaults.
+        step: The training step it reached.
+        extra: More top-level entries recording where it came from.
+    """
     model = GPT(config)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"{ckpt_path}: weights do not fit its model_args ({str(e).splitlines()[0]})") from None
+        raise ValueError(f"{misfit} ({str(e).splitlines()[0]})") from None
 
     import lightning as L
 
     from lit_nanogpt.module import LitGPT
 
-    # LitGPT's defaults, then the architecture and the optimizer settings nanoGPT trained with.
+    # LitGPT's defaults, then the architecture and the optimizer settings it was trained with.
     signature = inspect.signature(LitGPT.__init__).parameters.items()
     hparams = {k: p.default for k, p in signature if p.default is not inspect.Parameter.empty}
     hparams["arch"] = dataclasses.asdict(config)
-    cfg = src.get("config", {})
-    for key in ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "beta1", "beta2"):
-        if key in cfg:
-            hparams[key] = cfg[key]
+    hparams.update(training or {})
     out = Path(out)
     checkpoint = {
         "epoch": 0,
-        "global_step": int(src.get("iter_num", 0)),
+        "global_step": step,
         "pytorch-lightning_version": L.__version__,
         "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
         "hyper_parameters": hparams,
         "vocab": vocab.chars,
-        "nanogpt": {"iter_num": int(src.get("iter_num", 0)), "best_val_loss": float(src.get("best_val_loss", "nan"))},
+        **(extra or {}),
     }
     with atomic_open(out) as f:  # as AtomicCheckpointIO saves
         torch.save(checkpoint, f)
     return out
+
+
+# nanoGPT's GPTConfig: what its sample.py and train.py build a model from.
+NANOGPT_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+
+
+def refuse_options(config: GPTConfig, allowed: tuple[str, ...], target: str) -> None:
+    """One line naming the first of the speed-run options ``config`` sets that ``target`` has no way to express."""
+    for name, default in LATER_ARCH_DEFAULTS.items():
+        value = getattr(config, name)
+        if name not in allowed and value != default:
+            raise ValueError(
+                f"{target} has no {name}={value!r} (lit-nanogpt's {name} option): export a model trained "
+                f"without it ({name}={default!r}), or use --format onnx"
+            )
+
+
+def export_nanogpt(model: GPT, vocab: Vocabulary, out: str | Path, dataset: str | None = None) -> Path:
+    """Write ``ckpt.pt`` and ``meta.pkl`` into the folder ``out``, as nanoGPT's train.py and prepare.py do.
+
+    ``ckpt.pt`` holds plain types only (nanoGPT's ``sample.py`` loads it with ``torch.load``, whose
+    default is ``weights_only=True`` since torch 2.6): ``model_args``, ``model`` and ``config`` with
+    ``config["dataset"]`` = ``dataset`` (the folder's name by default): sample.py reads the vocabulary
+    from ``data/<dataset>/meta.pkl`` under its working folder. Returns the path meta.pkl must take there.
+    """
+    config = model.config
+    refuse_options(config, (), "nanoGPT's model")
+    if len(vocab) != config.vocab_size:
+        raise ValueError(f"the vocabulary has {len(vocab)} characters but the model's vocab_size={config.vocab_size}")
+    out = Path(out)
+    dataset = dataset or out.resolve().name
+    if not dataset or "/" in dataset or dataset in (".", ".."):
+        raise ValueError(f"dataset={dataset!r} must be a plain folder name (sample.py reads data/<dataset>/meta.pkl)")
+    args = dataclasses.asdict(config)
+    checkpoint = {
+        "model_args": {k: args[k] for k in NANOGPT_ARGS},
+        "model": {k: v.detach().cpu().float() for k, v in model.state_dict().items()},  # the tied head stays shared
+        "config": {"dataset": dataset},
+    }
+    meta = {"vocab_size": len(vocab), "itos": dict(enumerate(vocab.chars)), "stoi": dict(vocab.stoi)}
+    with replacing(out) as tmp:
+        torch.save(checkpoint, tmp / "ckpt.pt")
+        with (tmp / "meta.pkl").open("wb") as f:
+            pickle.dump(meta, f)
+    return Path("data") / dataset / "meta.pkl"

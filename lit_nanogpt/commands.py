@@ -4,7 +4,8 @@ one-line error handling. ``lit_nanogpt/__main__.py`` calls ``main``; nothing imp
 Each command's module is imported only when that command runs: Lightning (with torch._dynamo and
 torchmetrics behind it) takes longer to import than torch itself, so only ``fit``, ``validate``,
 ``test`` and ``predict`` (``lit_nanogpt.cli``) import it; ``generate``, ``import-nanogpt`` and
-``export`` do not.
+``export`` do not. transformers (the ``hf`` extra) is imported by ``export --format hf`` and
+``import-hf`` alone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable
@@ -22,7 +24,8 @@ PROG = "lit-nanogpt"
 EXTRA_COMMANDS = {
     "generate": "Sample text from a checkpoint (lit-nanogpt generate --help)",
     "import-nanogpt": "Convert nanoGPT's ckpt.pt and meta.pkl into a lit-nanogpt checkpoint",
-    "export": "Export a checkpoint to ONNX (and an Ascend .om when atc is installed)",
+    "export": "Export a checkpoint to ONNX (and an Ascend .om when atc is installed), transformers or nanoGPT",
+    "import-hf": "Convert a transformers GPT-2 folder (export --format hf's) into a lit-nanogpt checkpoint",
     "serve": "Serve a checkpoint or an export over OpenAI's HTTP API (lit-nanogpt serve --help)",
 }
 HELP = f"""usage: {PROG} COMMAND [options]
@@ -36,6 +39,7 @@ Lightning's commands (any option can also go in a YAML file given with --config)
   predict         Sample through Lightning's predict loop: --ckpt_path CKPT --data.prompts '["ROMEO:"]'
 Ours:
 """ + "\n".join(f"  {name:<15} {text}" for name, text in EXTRA_COMMANDS.items())
+EXPORT_FORMATS = ("onnx", "hf", "nanogpt")
 # The Lightning commands' --help description.
 DESCRIPTION = "Train, evaluate and sample nanoGPT with Lightning. Also: " + "; ".join(
     f"{PROG} {name}: {text}" for name, text in EXTRA_COMMANDS.items()
@@ -56,35 +60,96 @@ def import_nanogpt_command(ckpt: str, meta: str, out: str) -> None:
     print(f"Wrote {path}", file=sys.stderr)
 
 
-def export_command(args: list[str]) -> None:
-    """``lit-nanogpt export --checkpoint X.ckpt --out DIR [--opset ... --atc.soc_version ...]``.
+def import_hf_command(model: str, out: str) -> None:
+    """Convert a local transformers GPT-2 folder into a lit-nanogpt checkpoint (docs/hf.md).
 
-    The options are ``lit_nanogpt.export.ExportSettings``' fields, the same the fit-end callback
+    validate, generate, export and serve take the checkpoint alone, as one import-nanogpt writes.
+
+    Args:
+        model: The folder: config.json (model_type gpt2), model.safetensors (or a pytorch_model.bin of
+            plain tensors) and the character tokenizer.json that lit-nanogpt export --format hf writes.
+        out: Where to write the lit-nanogpt checkpoint.
+    """
+    from lit_nanogpt.hf import import_hf
+
+    path = import_hf(model, out)
+    print(f"Wrote {path}", file=sys.stderr)
+
+
+def export_command(args: list[str]) -> None:
+    """``lit-nanogpt export --checkpoint X.ckpt --out DIR [--format hf|nanogpt | --opset ... --atc.soc_version ...]``.
+
+    The ONNX options are ``lit_nanogpt.export.ExportSettings``' fields, the same the fit-end callback
     ``lit_nanogpt.callbacks.OnnxExport`` takes as ``init_args.settings``: each is defined once.
     """
     from jsonargparse import ArgumentParser
 
     from lit_nanogpt.checkpoint import load_model
-    from lit_nanogpt.export import ExportSettings, export_model
+    from lit_nanogpt.export import ExportSettings
     from lit_nanogpt.export.atc import AtcOptions
     from lit_nanogpt.export.settings import add_arguments, from_options
 
-    parser = ArgumentParser(prog=f"{PROG} export", description="Export a lit-nanogpt checkpoint to an ONNX folder, "
-                            "and compile it with atc when atc is installed.")  # fmt: skip
-    parser.add_argument("--checkpoint", required=True, help="A checkpoint written by fit or import-nanogpt.")
+    parser = ArgumentParser(prog=f"{PROG} export", description="Export a lit-nanogpt checkpoint to ONNX (and "
+                            "atc's .om when atc is installed), a transformers folder or nanoGPT's format.")  # fmt: skip
+    parser.add_argument("--checkpoint", required=True, help="A checkpoint written by fit, import-nanogpt or import-hf.")
     parser.add_argument(
         "--out", required=True, help="The export folder; replaced only once the new export is complete."
+    )
+    parser.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="onnx",
+        help="onnx: ONNX graphs (docs/export.md); "
+        "hf: a transformers GPT-2 folder with its tokenizer (docs/hf.md); nanogpt: ckpt.pt and "
+        "meta.pkl for nanoGPT's sample.py. The other options are onnx's.",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="--format nanogpt: config.dataset, so that sample.py "
+        "reads data/<dataset>/meta.pkl (default: the --out folder's name)",
     )
     # AtcOptions as a group of its own, so that --help lists each of its options (jsonargparse shows
     # ExportSettings.atc, an optional dataclass, as one --atc.help); atc=None is for Python callers.
     add_arguments(parser, ExportSettings, skip={"atc"})
     add_arguments(parser, AtcOptions, "atc")
     cfg = parser.parse_args(args).as_dict()
-    settings = from_options(ExportSettings, cfg, atc=from_options(AtcOptions, cfg["atc"]))
+    out, fmt = Path(cfg["out"]), cfg["format"]
+    defaults = parser.get_defaults().as_dict()
+    common = {"checkpoint", "out", "format"}
+    own = common | {"nanogpt": {"dataset"}, "hf": set()}.get(fmt, set(defaults) - common - {"dataset"})
+    if other := [k for k, v in cfg.items() if k in defaults and k not in own and v != defaults[k]]:
+        takes = ", ".join(f"--{k}" for k in sorted(own))
+        raise ValueError(f"--{other[0]} is not an option of --format {fmt}, which takes {takes}")
+    if fmt == "onnx":
+        settings = from_options(ExportSettings, cfg, atc=from_options(AtcOptions, cfg["atc"]))
     model, vocab = load_model(cfg["checkpoint"])
-    manifest = export_model(model, vocab, cfg["out"], settings, source=str(cfg["checkpoint"]))
-    worst = max(manifest.max_abs_diff.values())
-    print(f"Wrote {cfg['out']} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})", file=sys.stderr)
+    if fmt == "hf":
+        from lit_nanogpt.hf import export_hf
+
+        diff = export_hf(model, vocab, out)
+        print(
+            f"Wrote {out} (transformers vs PyTorch max abs logit difference {diff:.2g}): "
+            "transformers' AutoModelForCausalLM and AutoTokenizer load it",
+            file=sys.stderr,
+        )
+    elif fmt == "nanogpt":
+        from lit_nanogpt.checkpoint import export_nanogpt
+
+        meta = export_nanogpt(model, vocab, out, cfg["dataset"])
+        where = shlex.quote(str(out.resolve()))
+        print(
+            f"Wrote {out}/ckpt.pt and {out}/meta.pkl. nanoGPT's sample.py reads the vocabulary from {meta} "
+            f"under its working folder; in nanoGPT's folder: mkdir -p {meta.parent} && cp {where}/meta.pkl "
+            f"{meta} && python sample.py --init_from=resume --out_dir={where}",
+            file=sys.stderr,
+        )
+    else:
+        from lit_nanogpt.export import export_model
+
+        manifest = export_model(model, vocab, out, settings, source=str(cfg["checkpoint"]))
+        worst = max(manifest.max_abs_diff.values())
+        print(f"Wrote {out} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})", file=sys.stderr)
 
 
 def _quiet_lightning() -> None:
@@ -129,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if args else 2
         elif args[:1] == ["export"]:
             export_command(args[1:])
-        elif args[:1] and args[0] in ("generate", "import-nanogpt", "serve"):
+        elif args[:1] and args[0] in ("generate", "import-nanogpt", "import-hf", "serve"):
             from jsonargparse import auto_cli
 
             if args[0] == "generate":
@@ -140,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 from lit_nanogpt.serve.command import serve
 
                 command = serve
+            elif args[0] == "import-hf":
+                command = import_hf_command
             else:
                 command = import_nanogpt_command
             auto_cli(command, args=args[1:], as_positional=False, prog=f"{PROG} {args[0]}")

@@ -14,12 +14,17 @@ _PROBE = """
 import atexit, json, os, sys
 def report():
     with open(os.environ["PROBE_OUT"], "w") as f:
-        json.dump(sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "onnx", "lit_nanogpt")), f)
+        json.dump(sorted(m for m in sys.modules if m.split(".")[0] in os.environ["PROBE_TOPS"].split()), f)
 atexit.register(report)
 sys.argv = ["lit-nanogpt", *sys.argv[1:]]
 from lit_nanogpt.__main__ import main
 raise SystemExit(main())
 """
+
+
+# The packages the probe looks for: Lightning, onnx, and the hf extra, which only export --format hf and import-hf use.
+HF = {"transformers", "tokenizers", "safetensors", "tiktoken"}
+TOPS = ("lightning", "onnx", "lit_nanogpt", *sorted(HF))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,7 @@ def baby(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _imported_by(tmp_path: Path, *args: str) -> set[str]:
     out = tmp_path / "modules.json"
-    done = run_python("-c", _PROBE, *args, cwd=tmp_path, env={"PROBE_OUT": str(out)})
+    done = run_python("-c", _PROBE, *args, cwd=tmp_path, env={"PROBE_OUT": str(out), "PROBE_TOPS": " ".join(TOPS)})
     assert done.returncode == 0, done.stderr[-2000:]
     return set(json.loads(out.read_text()))
 
@@ -44,8 +49,9 @@ def test_light_commands_import_neither_lightning_nor_onnx(baby: tuple[Path, Path
     assert tops(onnx_run) == set(), "generate --onnx imports neither lightning nor onnx"
     ckpt_run = _imported_by(tmp_path, "generate", f"--checkpoint={ckpt}", "--max_new_tokens=3")
     assert "lit_nanogpt.generate" in ckpt_run
-    assert "lightning" not in tops(ckpt_run)
+    assert "lightning" not in tops(ckpt_run) and not tops(ckpt_run) & HF
     exported = _imported_by(tmp_path, "export", f"--checkpoint={ckpt}", f"--out={tmp_path / 'again'}", "--int8=false")
-    assert "onnx" in tops(exported)  # the export step itself needs onnx: the probe would see lightning too
-    assert "lightning" not in tops(exported)
+    # The export step itself needs onnx: the probe would see lightning and the hf extra too (one list, PROBE_TOPS).
+    assert "onnx" in tops(exported)
+    assert "lightning" not in tops(exported) and not tops(exported) & HF
     assert "lightning" not in tops(_imported_by(tmp_path, "--help"))
