@@ -19,7 +19,14 @@ from jsonargparse import ArgumentError
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    ModelCheckpoint,
+    ModelSummary,
+    ProgressBar,
+    RichModelSummary,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -84,13 +91,22 @@ class LitNanoGPTCLI(LightningCLI):
         """Lightning's, plus the NPU strategy and precision plugin that Lightning 2.6 cannot pick itself, and the
         precision ``--amx_precision`` picks for this CPU."""
         configured = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        # Before the Trainer appends its defaults to the same list.
+        named = [type(c) for c in configured.get("callbacks") or [] if isinstance(c, ProgressBar | ModelSummary)]
         try:
             trainer = super().instantiate_trainer(**{**kwargs, **npu_trainer_flags(configured)})
         except MisconfigurationException as e:
             raise ValueError(_misconfigured(configured, e)) from None
-        for i, bar in enumerate(trainer.callbacks):  # type: ignore[attr-defined]
-            if type(bar) is TQDMProgressBar:  # Lightning's default, on stdout
-                trainer.callbacks[i] = StepProgressBar(bar.refresh_rate, bar.process_position, bar._leave)  # type: ignore[attr-defined]
+        # Lightning's defaults print on stdout, and which ones it picks depends on whether rich is installed (the hf
+        # extra brings it): ours, on stderr, whatever is installed, unless the config names its own.
+        for i, callback in enumerate(trainer.callbacks):  # type: ignore[attr-defined]
+            if type(callback) is TQDMProgressBar and TQDMProgressBar not in named:
+                bar = StepProgressBar(callback.refresh_rate, callback.process_position, callback._leave)
+                trainer.callbacks[i] = bar  # type: ignore[attr-defined]
+            elif type(callback) is RichProgressBar and RichProgressBar not in named:
+                trainer.callbacks[i] = StepProgressBar()  # type: ignore[attr-defined]
+            elif type(callback) is RichModelSummary and RichModelSummary not in named:
+                trainer.callbacks[i] = ModelSummary(max_depth=callback._max_depth)  # type: ignore[attr-defined]
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if (amx_precision := self._get(self.config_init, "amx_precision")) is not None:

@@ -64,36 +64,59 @@ NO_NEWLINE = (ROOT / "lit_nanogpt/assets/tinyshakespeare.txt").read_text()[:40_0
 @pytest.fixture(scope="module")
 def no_newline_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
     """Each shipped config's fit, tiny, on a corpus without a newline: {config name: (corpus, run folder, W&B dir,
-    the finished process)}. The processes, one per config, run at once: most of each is start-up, which two cores
-    overlap.
+    the finished process or None)}. nanoGPT's CPU recipe runs as a user runs it, a real process whose output the
+    tests read; while it runs, the other configs fit one after another inside this process (what they add is
+    their own options, not another process's start-up).
 
     The GPU and NPU recipes run on the CPU here, in fp32 and uncompiled; what they share with the others
     (callbacks, logger, sampling) is the point.
     """
-    started = {}
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}  # what a user sees, not the suite's quiet
-    for config in CONFIGS:
+    import contextlib
+    import io
+
+    import wandb
+
+    from lit_nanogpt.commands import main
+
+    def prepare(config: Path) -> tuple[Path, Path, Path, Path, list[str]]:
         tmp = tmp_path_factory.mktemp(config.stem)
         corpus, root, wandb_dir = tmp / "no_newline.txt", tmp / "run", tmp / "wandb"
         corpus.write_text(NO_NEWLINE)
         args = [
-            sys.executable, "-m", "lit_nanogpt",
             "fit", "--config", str(config), *(f"--model.arch.{k}={v}" for k, v in TINY.items()),
             f"--data.data_path={corpus}", "--trainer.accelerator=cpu", "--trainer.max_steps=4",
             "--trainer.precision=32-true", "--model.compile=false",  # the GPU recipes' bf16 and compile: slow here
             "--trainer.val_check_interval=2", "--trainer.limit_val_batches=2", "--data.val_batch_size=64",
             f"--trainer.default_root_dir={root}",
         ]  # fmt: skip
-        own = {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "LIT_NANOGPT_CACHE": str(tmp / "cache")}
-        proc = subprocess.Popen(args, cwd=ROOT, env={**env, **own, "PYTHONUNBUFFERED": "1"}, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-        started[config.name] = (corpus, root, wandb_dir, proc)
-    runs = {}
-    for name, (corpus, root, wandb_dir, proc) in started.items():
-        stdout, stderr = proc.communicate(timeout=600)
-        result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-        assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
-        runs[name] = (corpus, root, wandb_dir, result)
+        return tmp, corpus, root, wandb_dir, args
+
+    tmp, cpu_corpus, cpu_root, cpu_wandb, args = prepare(CPU_CONFIG)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}  # what a user sees, not the suite's quiet
+    own = {"WANDB_MODE": "offline", "WANDB_DIR": str(cpu_wandb), "LIT_NANOGPT_CACHE": str(tmp / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "lit_nanogpt", *args], cwd=ROOT, text=True,
+                            env={**env, **own, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    runs: dict[str, tuple] = {}
+    for config in CONFIGS:
+        if config == CPU_CONFIG:
+            continue
+        tmp, corpus, root, wandb_dir, args = prepare(config)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("WANDB_MODE", "offline")
+            mp.setenv("WANDB_DIR", str(wandb_dir))
+            mp.setenv("WANDB_SILENT", "true")
+            mp.setenv("LIT_NANOGPT_CACHE", str(tmp / "cache"))
+            with contextlib.redirect_stdout(io.StringIO()):
+                code = main(args)
+            wandb.finish()  # Lightning leaves the run open for later calls
+            wandb.teardown()  # and wandb-core may still be writing the file after finish() returns
+        assert code == 0, config.name
+        runs[config.name] = (corpus, root, wandb_dir, None)
+    stdout, stderr = proc.communicate(timeout=600)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    assert result.returncode == 0, f"{CPU_CONFIG.name}: {result.stderr[-2000:]}"
+    runs[CPU_CONFIG.name] = (cpu_corpus, cpu_root, cpu_wandb, result)
     return runs
 
 
