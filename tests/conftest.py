@@ -14,6 +14,11 @@ from pathlib import Path
 # import it during `import torch` and, without CANN's set_env.sh, fail. The NPU tests import it
 # themselves (RunIf(npu=True), lit_nanogpt.npu); TORCH_DEVICE_BACKEND_AUTOLOAD=1 restores torch's way.
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+# One compute thread in this process and in every process it starts: the suite runs several processes at once
+# on few cores (a fit beside in-process work, two DDP ranks, a server and its client), and OpenMP's waiting
+# threads then spin against each other; with tiny models a second thread gains little even alone. Set before
+# anything imports torch, which reads it once.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import subprocess  # noqa: E402
 

@@ -124,6 +124,17 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, tim
     return run_python("-m", "lit_nanogpt", *args, cwd=cwd, env=env, timeout=timeout)
 
 
+def cli(capfd: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess[str]:
+    """``lit-nanogpt ARGS`` in this process (the command table's ``main``), its output read from the file descriptors:
+    for what a command does with a checkpoint, where a new interpreter would prove nothing more."""
+    from lit_nanogpt.commands import main
+
+    capfd.readouterr()  # what came before is not this command's
+    code = main(list(args))
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["lit-nanogpt", *args], code, out, err)
+
+
 def run_without_torch_npu(code: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``python -c CODE`` in a fresh interpreter that cannot import torch_npu: a machine without it, on any host.
 

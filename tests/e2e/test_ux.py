@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import NANOGPT_BABY, ROOT, TINY, RunIf, export_baby, run_cli
+from tests.helpers import NANOGPT_BABY, ROOT, TINY, RunIf, cli, export_baby, run_cli
 
 CPU_CONFIG = ROOT / "configs/shakespeare_char_cpu.yaml"
 
@@ -147,12 +147,14 @@ def test_fit_says_what_a_user_needs_once_and_plainly(no_newline_runs: dict) -> N
     assert atc == f"atc is not on PATH: compile for Ascend310P3 later with {root / 'export' / 'atc_command.sh'}"
 
 
-def test_predict_needs_only_the_checkpoint_and_validate_names_the_corpus_it_needs(no_newline_runs: dict) -> None:
+def test_predict_needs_only_the_checkpoint_and_validate_names_the_corpus_it_needs(
+    no_newline_runs: dict, capfd: pytest.CaptureFixture
+) -> None:
     corpus, root, _, _ = no_newline_runs["shakespeare_char_cpu.yaml"]
     best = root / "checkpoints" / "best.ckpt"
     vocab = torch.load(best, map_location="cpu", weights_only=True)["vocab"]
     corpus.unlink()
-    pred = run_cli("predict", f"--ckpt_path={best}", "--data.max_new_tokens=30", "--data.num_samples=2")
+    pred = cli(capfd, "predict", f"--ckpt_path={best}", "--data.max_new_tokens=30", "--data.num_samples=2")
     assert pred.returncode == 0, pred.stderr
     assert "Couldn't infer the batch indices" not in pred.stderr and "Predicting" in pred.stderr  # the bar
     samples = pred.stdout.split("---------------\n")
@@ -160,19 +162,19 @@ def test_predict_needs_only_the_checkpoint_and_validate_names_the_corpus_it_need
     assert all(s.startswith(" ") and len(s) == 1 + 30 + 1 and not set(s[:-1]) - set(vocab) for s in samples[:2])
     # Another corpus changes nothing: the vocabulary is the checkpoint's.
     shakespeare = ROOT / "lit_nanogpt/assets/tinyshakespeare.txt"
-    pred = run_cli("predict", f"--ckpt_path={best}", f"--data.data_path={shakespeare}", "--data.max_new_tokens=5")
+    pred = cli(capfd, "predict", f"--ckpt_path={best}", f"--data.data_path={shakespeare}", "--data.max_new_tokens=5")
     assert pred.returncode == 0, pred.stderr
 
-    line = one_error_line(run_cli("validate", f"--ckpt_path={best}", "--seed_everything=false"))
+    line = one_error_line(cli(capfd, "validate", f"--ckpt_path={best}", "--seed_everything=false"))
     assert f"validate needs the validation split of the corpus {best} was trained on, {corpus} (sha256 " in line
     # With the corpus back, validate runs, without Lightning's advice to pass the training callbacks.
     corpus.write_text(NO_NEWLINE)
-    val = run_cli("validate", f"--ckpt_path={best}", "--trainer.limit_val_batches=2")
+    val = cli(capfd, "validate", f"--ckpt_path={best}", "--trainer.limit_val_batches=2")
     assert val.returncode == 0 and "val_loss" in val.stdout, val.stderr
     assert "Be aware that when using `ckpt_path`" not in val.stderr
 
     # Found once the Trainer is up (after Lightning's device lines): the last line, and the only error.
-    test = run_cli("test", f"--ckpt_path={best}", f"--data.data_path={shakespeare}")
+    test = cli(capfd, "test", f"--ckpt_path={best}", f"--data.data_path={shakespeare}")
     assert test.returncode == 1 and "Traceback" not in test.stderr
     assert [ln for ln in test.stderr.splitlines() if "error" in ln.lower()] == test.stderr.splitlines()[-1:]
     assert test.stderr.splitlines()[-1].endswith(
