@@ -1,19 +1,23 @@
-"""The fast CPU recipe (issue 11) through every path, as a user runs it: fit, validate, generate with the KV
-cache, and the exported graphs (dynamic and static KV cache) giving PyTorch's greedy text."""
+"""The fast CPU recipe (issue 11) through every path: fit as a user runs it (a real process), then validate and
+generate with the KV cache and the exported graphs (dynamic and static KV cache) giving PyTorch's greedy text,
+in-process on what the fit wrote."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, cli, run_cli
 
 FAST = ROOT / "configs" / "shakespeare_char_cpu_fast.yaml"
 
 
-def test_fast_recipe_trains_exports_and_generates_the_same_text_everywhere(tmp_path: Path) -> None:
+def test_fast_recipe_trains_exports_and_generates_the_same_text_everywhere(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     root = tmp_path / "run"
     done = run_cli("fit", "--config", str(FAST), "--trainer.max_steps=30", "--trainer.val_check_interval=30",
                    "--trainer.logger=false", f"--trainer.default_root_dir={root}")  # fmt: skip
@@ -28,7 +32,7 @@ def test_fast_recipe_trains_exports_and_generates_the_same_text_everywhere(tmp_p
     manifest = yaml.safe_load((root / "export" / "manifest.json").read_text())
     assert manifest["model"]["rotary"] is True and manifest["model"]["mlp_activation"] == "relu2"
 
-    validated = run_cli("validate", "--config", str(FAST), f"--ckpt_path={best}", "--trainer.logger=false",
+    validated = cli(capfd, "validate", "--config", str(FAST), f"--ckpt_path={best}", "--trainer.logger=false",
                         f"--trainer.default_root_dir={tmp_path / 'validate'}")  # fmt: skip
     assert validated.returncode == 0, validated.stderr[-3000:]
     printed = float(done.stdout.split("val_loss=")[-1].split(")")[0])
@@ -38,7 +42,7 @@ def test_fast_recipe_trains_exports_and_generates_the_same_text_everywhere(tmp_p
     texts = {}
     for name, source in {"checkpoint": ["--checkpoint", str(best)], "onnx": ["--onnx", str(root / "export")],
                          "onnx static": ["--onnx", str(root / "export"), "--cache", "static"]}.items():  # fmt: skip
-        out = run_cli("generate", *source, *greedy)
+        out = cli(capfd, "generate", *source, *greedy)
         assert out.returncode == 0, out.stderr[-3000:]
         texts[name] = out.stdout
     assert texts["checkpoint"].startswith("ROMEO:") and len(set(texts["checkpoint"][6:106])) > 3  # not one letter
