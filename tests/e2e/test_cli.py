@@ -14,7 +14,7 @@ import torch
 from lit_nanogpt.cli import LitNanoGPTCLI
 from lit_nanogpt.commands import main
 from lit_nanogpt.model import GPTConfig
-from tests.helpers import FIXTURES, NANOGPT_BABY, ROOT, TINY, error_of, run_cli
+from tests.helpers import FIXTURES, NANOGPT_BABY, ROOT, TINY, cli, error_of, run_cli
 
 REFERENCE_CURVE = FIXTURES / "tiny_loss_curve.json"
 
@@ -108,17 +108,19 @@ def _curve_tolerance(key: str, step: int) -> float:
     return 2e-3 if step < 50 else 2e-2
 
 
-def test_checkpoint_alone_is_enough_to_validate_predict_and_generate(tiny_run: tuple[Path, str]) -> None:
+def test_checkpoint_alone_is_enough_to_validate_predict_and_generate(
+    tiny_run: tuple[Path, str], capfd: pytest.CaptureFixture
+) -> None:
     ckpt = last_ckpt(tiny_run[0])
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert saved["vocab"] == "".join(sorted(set((ROOT / "lit_nanogpt/assets/tinyshakespeare.txt").read_text())))
     assert saved["hyper_parameters"]["arch"]["n_embd"] == 32
-    cli = LitNanoGPTCLI(args=["validate", f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false"])
-    assert cli.model.config.n_embd == 32 and cli.datamodule.hparams.block_size == 16
-    assert cli.trainer.callback_metrics["val_loss"] < 3.5
+    validated = LitNanoGPTCLI(args=["validate", f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false"])
+    assert validated.model.config.n_embd == 32 and validated.datamodule.hparams.block_size == 16
+    assert validated.trainer.callback_metrics["val_loss"] < 3.5
 
-    pred = run_cli("predict", f"--ckpt_path={ckpt}", '--data.prompts=["ROMEO:"]', "--data.max_new_tokens=30",
-                   "--data.num_samples=2", "--trainer.enable_progress_bar=false")  # fmt: skip
+    pred = cli(capfd, "predict", f"--ckpt_path={ckpt}", '--data.prompts=["ROMEO:"]', "--data.max_new_tokens=30",
+               "--data.num_samples=2", "--trainer.enable_progress_bar=false")  # fmt: skip
     assert pred.returncode == 0, pred.stderr
     samples = pred.stdout.split("---------------\n")
     assert len([s for s in samples if s.startswith("ROMEO:")]) == 2
@@ -131,10 +133,10 @@ def test_nanogpt_checkpoint_validates_to_nanogpts_loss(baby_ckpt: Path) -> None:
     assert cli.trainer.callback_metrics["val_loss"].item() == pytest.approx(expected["val_loss"], abs=1e-5)
 
 
-def test_nanogpt_checkpoint_generates_nanogpts_greedy_text(baby_ckpt: Path) -> None:
+def test_nanogpt_checkpoint_generates_nanogpts_greedy_text(baby_ckpt: Path, capfd: pytest.CaptureFixture) -> None:
     expected = json.loads((NANOGPT_BABY / "expected.json").read_text())
-    result = run_cli("generate", f"--checkpoint={baby_ckpt}", "--prompt=ROMEO:", "--max_new_tokens=200",
-                     "--top_k=1", "--num_samples=1")  # fmt: skip
+    result = cli(capfd, "generate", f"--checkpoint={baby_ckpt}", "--prompt=ROMEO:", "--max_new_tokens=200",
+                 "--top_k=1", "--num_samples=1")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected["greedy"] + "\n---------------\n"
     assert "200 tokens in" in result.stderr
