@@ -13,7 +13,7 @@ import torch
 
 from lit_nanogpt.files import atomic_open
 from lit_nanogpt.model import GPT, GPTConfig
-from lit_nanogpt.text import Vocabulary
+from lit_nanogpt.text import Tokenizer, Vocabulary, tokenizer_for_model
 
 # The fields that build the network; the rest of LitGPT's hyperparameters are for training.
 ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
@@ -92,8 +92,8 @@ def nest_arch(hparams: dict[str, Any]) -> dict[str, Any]:
     return {**rest, "arch": {k: hparams[k] for k in ARCH_FIELDS if k in hparams}}
 
 
-def load_model(path: str | Path) -> tuple[GPT, Vocabulary]:
-    """The network in eval mode and its vocabulary, from a lit-nanogpt checkpoint alone."""
+def load_model(path: str | Path) -> tuple[GPT, Tokenizer]:
+    """The network in eval mode and its tokenizer, from a lit-nanogpt checkpoint alone."""
     ckpt = read_checkpoint(path)
     try:
         config = GPTConfig(**ckpt["hyper_parameters"]["arch"])
@@ -106,7 +106,7 @@ def load_model(path: str | Path) -> tuple[GPT, Vocabulary]:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not fit its own hyperparameters ({str(e).splitlines()[0]})") from None
-    return model.eval(), Vocabulary(ckpt["vocab"])
+    return model.eval(), tokenizer_for_model(path, ckpt["vocab"], config.vocab_size)
 
 
 class _Refused(pickle.UnpicklingError):
