@@ -291,7 +291,7 @@ class CharDataModule(L.LightningDataModule):
         tokenizer_path: str | None = None,
         bpe_vocab_size: int = 1024,
         vocab_size: int | None = None,
-        vocab: str | dict[str, Any] | None = None,
+        vocab: str | dict[str, str | dict[str, int]] | None = None,
         **sampling: Any,
     ) -> None:
         """Serve a corpus, encoded by characters or a BPE, for training, validation and sampling.
