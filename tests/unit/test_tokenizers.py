@@ -33,10 +33,8 @@ from lit_nanogpt.text import (
     tokenizer_for_model,
     tokenizer_from_plain,
 )
-from tests.helpers import ROOT, TINY
+from tests.helpers import GPT2_RANKS, SHARED, TINY
 
-SHARED = ROOT.parent / "shared"
-GPT2_RANKS = SHARED / "data" / "gpt2.tiktoken"
 NANOGPT = SHARED / "reference" / "nanogpt"
 # Text whose characters GPT-2's BPE splits across tokens (two- to four-byte UTF-8).
 MULTIBYTE = "Thou art café-bound, naïve Jürgen — 你好, 🎉 fin.\n"
