@@ -123,11 +123,6 @@ class EncodedCorpus:
             self.vocab = train_bpe(text_chunks(train_text, CHUNK_CHARS), bpe_vocab_size)
         else:
             self.vocab = Vocabulary.from_text(text)
-        if missing := self.vocab.unknown(text):
-            raise ValueError(
-                f"corpus {path} has text the {self.vocab.name} tokenizer cannot encode: {''.join(missing)[:80]!r}; "
-                "remove it, or use a tokenizer that encodes any text (gpt2, bpe)"
-            )
         self.dtype = np.dtype(self.vocab.dtype)
         self.folder.mkdir(parents=True, exist_ok=True)
         files, counts = {}, {}
@@ -145,7 +140,10 @@ class EncodedCorpus:
         digest, count, size = hashlib.sha256(), 0, 0
         with atomic_open(path) as f:
             for chunk in text_chunks(text, CHUNK_CHARS):
-                data = self.vocab.encode(chunk).astype(self.dtype).tobytes()
+                try:  # a tokenizer.json with an unknown token refuses text it lacks, naming it
+                    data = self.vocab.encode(chunk).astype(self.dtype).tobytes()
+                except ValueError as e:
+                    raise ValueError(f"corpus {self.path}: {e}") from None
                 f.write(data)
                 digest.update(data)
                 count, size = count + len(data) // self.dtype.itemsize, size + len(data)

@@ -298,8 +298,8 @@ class HFTokenizer(Tokenizer):
         if self._unk_id is not None and self._unk_id in enc.ids:
             missing = sorted({text[a:b] for i, (a, b) in zip(enc.ids, enc.offsets, strict=True) if i == self._unk_id})
             raise ValueError(
-                f"text the {self.name} tokenizer cannot encode (its unknown token): {''.join(missing)[:80]!r}; "
-                "remove it or use a tokenizer that has it (gpt2 and bpe encode any text)"
+                f"text the {self.name} tokenizer cannot encode (it maps it to its unknown token): "
+                f"{''.join(missing)[:80]!r}; remove it, or use a tokenizer that has it (gpt2 and bpe encode any text)"
             )
         return np.asarray(enc.ids, dtype=np.int64)
 

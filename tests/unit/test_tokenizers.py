@@ -46,7 +46,9 @@ def gpt2() -> TiktokenTokenizer:
 
 
 # ---- nanoGPT's splits ----
-def test_gpt2_splits_are_nanogpts_prepare_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpt2_splits_are_nanogpts_prepare_py(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """nanoGPT's data/shakespeare/prepare.py, run in a copy with tiktoken's own r50k_base (its constructor, pattern and
     hash check, from a cache that holds the shared ranks file under the name tiktoken gives its download) standing in
     for the "gpt2" encoding it downloads: its train.bin and val.bin are ours byte for byte, the encoding chunked."""
@@ -66,6 +68,8 @@ def test_gpt2_splits_are_nanogpts_prepare_py(tmp_path: Path, monkeypatch: pytest
     # Ours from tiktoken's cache (no --data.tokenizer_path), encoded 100k characters at a time.
     monkeypatch.setattr(data_module, "CHUNK_CHARS", 100_000)
     ours = EncodedCorpus(SHIPPED_CORPUS, tmp_path / "cache", tokenizer="gpt2")
+    encoded = "lit-nanogpt: encoded tinyshakespeare.txt with gpt2 (50257 tokens): 301,966 train and 36,059 validation"
+    assert encoded in capsys.readouterr().err
     assert (ours.n_train, ours.n_val) == (301_966, 36_059)  # nanoGPT's README
     assert ours.dtype == np.uint16
     for name in ("train.bin", "val.bin"):
@@ -177,18 +181,23 @@ def test_validate_gives_the_fits_loss(kind: str, runs: dict[str, Path], capsys: 
 def test_checkpoint_and_export_generate_the_same_text(
     kind: str, runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Greedy, 40 tokens from a 16-token block: prefill, the KV cache, then nanoGPT's sliding window; the text
-    printed token by token is the whole sequence decoded at once."""
+    """Greedy, 40 tokens from a 16-token block: prefill, the KV cache, then nanoGPT's sliding window (and the half
+    window); the text printed token by token is the whole sequence decoded at once."""
     ckpt, folder = runs[kind] / "checkpoints" / "best.ckpt", runs[kind] / "export"
     prompt = "ROMEO: café"
     common = ["--prompt", prompt, "--max_new_tokens", "40", "--temperature", "0", "--num_samples", "1"]
     printed = []
     for source in (["--checkpoint", str(ckpt)], ["--checkpoint", str(ckpt), "--use_cache", "false"],
-                   ["--onnx", str(folder)]):  # fmt: skip
+                   ["--onnx", str(folder)], ["--onnx", str(folder), "--cache", "static"]):  # fmt: skip
         capsys.readouterr()
         assert main(["generate", *source, *common]) == 0
         printed.append(capsys.readouterr().out)
-    assert printed[0] == printed[1] == printed[2]
+    assert printed[0] == printed[1] == printed[2] == printed[3]  # the static pair: the graphs atc compiles
+    half = []
+    for source in (["--checkpoint", str(ckpt)], ["--onnx", str(folder)]):
+        assert main(["generate", *source, *common, "--window", "half"]) == 0
+        half.append(capsys.readouterr().out)
+    assert half[0] == half[1]
     model, tokenizer = load_model(ckpt)
     prompt_ids = tokenizer.encode(prompt).tolist()
     (ids,) = generate(TorchBackend(model), [prompt_ids], 40, Sampler(temperature=0.0))
@@ -264,7 +273,9 @@ def test_text_a_tokenizer_json_cannot_encode_is_named(tmp_path: Path, capsys: py
     (tmp_path / "words.json").write_text(words.to_str(), encoding="utf-8")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("to be or not to be " * 30 + "that is", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"has text the tokenizer.json tokenizer cannot encode: 'isthat'"):
+    with pytest.raises(ValueError, match=re.escape(
+        f"corpus {corpus}: text the tokenizer.json tokenizer cannot encode (it maps it to its unknown token): 'isthat'"
+    )):  # fmt: skip
         CharDataModule(data_path=str(corpus), tokenizer=str(tmp_path / "words.json"), block_size=4)
 
 
