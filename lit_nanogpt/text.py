@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,6 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|
 GPT2_ENDOFTEXT = {"<|endoftext|>": 50256}
 GPT2_RANKS_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
-GPT2_VOCAB_SIZE = 50257
 
 
 def _require(module: str, tokenizer: str) -> Any:
@@ -238,11 +238,9 @@ def gpt2_ranks(path: str | Path | None = None) -> str:
     try:
         data = read_file_cached(GPT2_RANKS_URL, GPT2_RANKS_SHA256)
     except Exception as e:  # offline: requests' ConnectionError and its kin
-        cache = (
-            os.environ.get("TIKTOKEN_CACHE_DIR")
-            or os.environ.get("DATA_GYM_CACHE_DIR")
-            or os.path.join(__import__("tempfile").gettempdir(), "data-gym-cache")
-        )
+        # Where tiktoken's read_file_cached looks, under the name it gives the download (load.py).
+        default = os.path.join(tempfile.gettempdir(), "data-gym-cache")
+        cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or default
         key = hashlib.sha1(GPT2_RANKS_URL.encode()).hexdigest()
         raise FileNotFoundError(
             f"GPT-2's ranks file r50k_base.tiktoken could not be fetched ({type(e).__name__}): download "

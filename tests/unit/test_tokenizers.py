@@ -264,6 +264,22 @@ def test_bad_tokenizer_settings_are_one_line(tmp_path: Path, capsys: pytest.Capt
     assert "data.bpe_vocab_size=100 is smaller than the 256 bytes" in err
 
 
+def test_gpt2_offline_without_its_ranks_says_where_to_put_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+
+    def offline(url: str, *args: object, **kwargs: object) -> None:
+        raise requests.ConnectionError(f"no network for {url}")
+
+    monkeypatch.setattr(requests, "get", offline)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match=re.escape(
+        "GPT-2's ranks file r50k_base.tiktoken could not be fetched (ConnectionError): download "
+        f"{GPT2_RANKS_URL} and pass --data.tokenizer_path FILE, or put it at "
+        f"{tmp_path / 'empty' / hashlib.sha1(GPT2_RANKS_URL.encode()).hexdigest()} (tiktoken's cache"
+    )):  # fmt: skip
+        CharDataModule(tokenizer="gpt2", cache_dir=str(tmp_path / "cache"))
+
+
 def test_text_a_tokenizer_json_cannot_encode_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tokenizers import Tokenizer as HFTok
     from tokenizers import models, pre_tokenizers
