@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from lit_nanogpt.module import LitGPT, generate_text
 from lit_nanogpt.sampling import SamplingSettings
-from lit_nanogpt.text import Vocabulary
+from lit_nanogpt.text import Tokenizer
 
 
 @dataclass
@@ -45,14 +45,14 @@ class ValidationSamples(Callback):
                 ``top_k``, ``num_samples``), given flat: ``init_args: {max_new_tokens: 100}``.
         """
         self.sampling = ValidationSampling(**sampling)
-        self.prompts = prompts or []  # none given: the model's vocabulary picks one (Vocabulary.default_prompt)
+        self.prompts = prompts or []  # none given: the model's vocabulary picks one (Tokenizer.default_prompt)
         if not all(self.prompts):
             raise ValueError(f"prompts={self.prompts!r} has an empty prompt: give at least one character each")
         self.seed = seed
         self.key = key
         self.rows: list[list[Any]] = []
 
-    def _prompts(self, vocab: Vocabulary) -> list[str]:
+    def _prompts(self, vocab: Tokenizer) -> list[str]:
         return self.prompts or [vocab.default_prompt]
 
     @staticmethod

@@ -13,7 +13,7 @@ import torch
 
 from lit_nanogpt.files import atomic_open, replacing
 from lit_nanogpt.model import GPT, GPTConfig
-from lit_nanogpt.text import Vocabulary
+from lit_nanogpt.text import Tokenizer, Vocabulary, tokenizer_for_model
 
 # The fields that build the network; the rest of LitGPT's hyperparameters are for training.
 ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
@@ -94,8 +94,8 @@ def nest_arch(hparams: dict[str, Any]) -> dict[str, Any]:
     return {**rest, "arch": {k: hparams[k] for k in ARCH_FIELDS if k in hparams}}
 
 
-def load_model(path: str | Path) -> tuple[GPT, Vocabulary]:
-    """The network in eval mode and its vocabulary, from a lit-nanogpt checkpoint alone."""
+def load_model(path: str | Path) -> tuple[GPT, Tokenizer]:
+    """The network in eval mode and its tokenizer, from a lit-nanogpt checkpoint alone."""
     ckpt = read_checkpoint(path)
     try:
         config = GPTConfig(**ckpt["hyper_parameters"]["arch"])
@@ -108,7 +108,7 @@ def load_model(path: str | Path) -> tuple[GPT, Vocabulary]:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not fit its own hyperparameters ({str(e).splitlines()[0]})") from None
-    return model.eval(), Vocabulary(ckpt["vocab"])
+    return model.eval(), tokenizer_for_model(path, ckpt["vocab"], config.vocab_size)
 
 
 class _Refused(pickle.UnpicklingError):
@@ -270,7 +270,7 @@ def refuse_options(config: GPTConfig, allowed: tuple[str, ...], target: str) -> 
             )
 
 
-def export_nanogpt(model: GPT, vocab: Vocabulary, out: str | Path, dataset: str | None = None) -> Path:
+def export_nanogpt(model: GPT, vocab: Tokenizer, out: str | Path, dataset: str | None = None) -> Path:
     """Write ``ckpt.pt`` and ``meta.pkl`` into the folder ``out``, as nanoGPT's train.py and prepare.py do.
 
     ``ckpt.pt`` holds plain types only (nanoGPT's ``sample.py`` loads it with ``torch.load``, whose
@@ -280,6 +280,11 @@ def export_nanogpt(model: GPT, vocab: Vocabulary, out: str | Path, dataset: str 
     """
     config = model.config
     refuse_options(config, (), "nanoGPT's model")
+    if not isinstance(vocab, Vocabulary):
+        raise ValueError(
+            "export --format nanogpt writes a character vocabulary (meta.pkl), and this model uses the tokenizer "
+            f"{vocab.describe()}: export it to ONNX or --format hf"
+        )
     if len(vocab) != config.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocab)} characters but the model's vocab_size={config.vocab_size}")
     out = Path(out)

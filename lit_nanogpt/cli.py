@@ -223,7 +223,7 @@ class LitNanoGPTCLI(LightningCLI):
         assert self._resume is not None
         corpus = self.datamodule.corpus
         saved = self._resume.get("corpus") or {}
-        if saved.get("sha256", corpus.sha256) != corpus.sha256 or self._resume["vocab"] != corpus.vocab.chars:
+        if saved.get("sha256", corpus.sha256) != corpus.sha256 or self._resume["vocab"] != corpus.vocab.to_plain():
             was = f"{saved['path']} (sha256 {saved['sha256'][:12]})" if saved else "another corpus"
             raise ValueError(
                 f"fit --ckpt_path {self._resume['path']} was trained on {was}, not on {corpus.path} "

@@ -1,8 +1,11 @@
-"""Character-level corpus, vocabulary and the LightningDataModule that serves them.
+"""A corpus, its tokenizer and the LightningDataModule that serves them.
 
-nanoGPT's ``shakespeare_char`` rules: the vocabulary is the sorted set of characters, the first 90%
-of the text is train and the rest validation. Encoded splits are cached on disk beside the
-vocabulary, in a folder named after the corpus's sha256, so an edited corpus is encoded afresh.
+nanoGPT's rules: the first 90% of the text's characters is train and the rest validation, each encoded on its
+own (``data/shakespeare/prepare.py``; for characters the same as encoding and then splitting the ids, as
+``shakespeare_char`` does). Encoded splits are cached on disk beside the tokenizer, in a folder named after the
+corpus's sha256 (and the tokenizer, for other tokenizers than characters), so an edited corpus is encoded afresh.
+Ids are stored in the smallest unsigned type that holds the vocabulary (uint16 for GPT-2's, as nanoGPT's
+``train.bin``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,16 +26,30 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lit_nanogpt.files import atomic_open
 from lit_nanogpt.sampling import SamplingSettings
-from lit_nanogpt.text import SHIPPED_CORPUS, SHIPPED_SHA256, Vocabulary, read_corpus
+from lit_nanogpt.text import (
+    SHIPPED_CORPUS,
+    SHIPPED_SHA256,
+    Tokenizer,
+    Vocabulary,
+    load_tokenizer,
+    read_corpus,
+    text_chunks,
+    tokenizer_from_plain,
+    train_bpe,
+)
 
 __all__ = [
     "SHIPPED_CORPUS",
     "SHIPPED_SHA256",
     "CharDataModule",
     "EncodedCorpus",
+    "Tokenizer",
     "Vocabulary",
     "read_corpus",
 ]
+
+CHUNK_CHARS = 1 << 22
+"""Characters encoded at a time: memory stays bounded by a chunk's ids, whatever the corpus's size."""
 
 
 def default_cache_dir() -> Path:
@@ -46,36 +64,91 @@ def _atomic_write(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-class EncodedCorpus:
-    """A corpus's vocabulary and its encoded train and validation splits, cached on disk."""
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """The train and validation text: nanoGPT's cut at ``int(n * 0.9)`` characters for ``val_fraction=0.1``."""
+    n = int(len(text) * (1.0 - val_fraction))
+    return text[:n], text[n:]
 
-    def __init__(self, path: Path, cache_dir: Path, val_fraction: float = 0.1) -> None:
+
+class EncodedCorpus:
+    """A corpus's tokenizer and its encoded train and validation splits, cached on disk.
+
+    Args:
+        path: The UTF-8 text.
+        cache_dir: Where the encoded splits are kept.
+        val_fraction: Share of the text, taken from its end, held out for validation.
+        tokenizer: ``char`` (the sorted characters of the text), ``gpt2``, ``bpe`` (trained on the train split)
+            or a tokenizer.json path; see ``CharDataModule``.
+        tokenizer_path: ``gpt2`` only: GPT-2's ranks file.
+        bpe_vocab_size: ``bpe`` only: the ids it learns.
+        given: A tokenizer to encode with instead (a checkpoint's): ``tokenizer`` is then not built.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        cache_dir: Path,
+        val_fraction: float = 0.1,
+        tokenizer: str = "char",
+        tokenizer_path: str | None = None,
+        bpe_vocab_size: int = 1024,
+        given: Tokenizer | None = None,
+    ) -> None:
         text, sha = read_corpus(path)
         self.path, self.sha256 = path, sha
-        self.folder = cache_dir / f"{path.stem}-{sha[:16]}-val{val_fraction:g}"
+        if isinstance(given, Vocabulary):  # characters come from the text; the data module compares them
+            given, tokenizer = None, "char"
+        known = given if given is not None else load_tokenizer(tokenizer, tokenizer_path)
+        if known is not None:
+            tag = f"-{known.name.replace('.', '_')}-{known.fingerprint}"
+        else:
+            tag = f"-bpe{bpe_vocab_size}" if tokenizer == "bpe" else ""
+        # Characters keep the folder name they always had, so an existing cache is reused.
+        self.folder = cache_dir / f"{path.stem}-{sha[:16]}-val{val_fraction:g}{tag}"
         meta_file = self.folder / "meta.json"
         if meta_file.is_file():
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
             if meta.get("sha256") == sha:
                 if (damage := self._damage(meta)) is None:
-                    self.vocab = Vocabulary(meta["vocab"])
+                    self.vocab = known if known is not None else tokenizer_from_plain(meta["vocab"])
+                    self.dtype = np.dtype(meta.get("dtype", "uint32"))  # before other tokenizers: uint32
                     self.n_train = meta["n_train"]
                     self.n_val = meta["n_val"]
                     return
                 print(f"lit-nanogpt: corpus cache {self.folder}: {damage}; rebuilding it", file=sys.stderr)
-        self.vocab = Vocabulary.from_text(text)
-        ids = self.vocab.encode(text).astype(np.uint32)
-        n = int(len(ids) * (1.0 - val_fraction))
-        self.n_train, self.n_val = n, len(ids) - n
+        train_text, val_text = split_text(text, val_fraction)
+        if known is not None:
+            self.vocab = known
+        elif tokenizer == "bpe":
+            self.vocab = train_bpe(text_chunks(train_text, CHUNK_CHARS), bpe_vocab_size)
+        else:
+            self.vocab = Vocabulary.from_text(text)
+        self.dtype = np.dtype(self.vocab.dtype)
         self.folder.mkdir(parents=True, exist_ok=True)
-        files = {}
-        for name, part in (("train.bin", ids[:n]), ("val.bin", ids[n:])):
-            data = part.tobytes()
-            _atomic_write(self.folder / name, data)
-            files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        meta = {"source": str(path), "sha256": sha, "vocab": self.vocab.chars, "n_train": self.n_train,
-                "n_val": self.n_val, "files": files}  # fmt: skip
+        files, counts = {}, {}
+        progress = _Progress(path, self.vocab, len(text))
+        for name, part in (("train.bin", train_text), ("val.bin", val_text)):
+            counts[name], files[name] = self._encode_to(self.folder / name, part, progress)
+        progress.done(counts["train.bin"], counts["val.bin"])
+        self.n_train, self.n_val = counts["train.bin"], counts["val.bin"]
+        meta = {"source": str(path), "sha256": sha, "vocab": self.vocab.to_plain(), "dtype": self.dtype.name,
+                "n_train": self.n_train, "n_val": self.n_val, "files": files}  # fmt: skip
         _atomic_write(meta_file, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+
+    def _encode_to(self, path: Path, text: str, progress: _Progress) -> tuple[int, dict[str, Any]]:
+        """Encode ``text`` chunk by chunk into ``path``; the number of ids and the file's size and sha256."""
+        digest, count, size = hashlib.sha256(), 0, 0
+        with atomic_open(path) as f:
+            for chunk in text_chunks(text, CHUNK_CHARS):
+                try:  # a tokenizer.json with an unknown token refuses text it lacks, naming it
+                    data = self.vocab.encode(chunk).astype(self.dtype).tobytes()
+                except ValueError as e:
+                    raise ValueError(f"corpus {self.path}: {e}") from None
+                f.write(data)
+                digest.update(data)
+                count, size = count + len(data) // self.dtype.itemsize, size + len(data)
+                progress.advance(len(chunk), count)
+        return count, {"bytes": size, "sha256": digest.hexdigest()}
 
     def _damage(self, meta: dict[str, Any]) -> str | None:
         """What is wrong with the cached splits, checked against the sizes and checksums meta.json recorded; None if
@@ -94,8 +167,34 @@ class EncodedCorpus:
 
     def split(self, name: str) -> torch.Tensor:
         """The ``train`` or ``val`` ids as an int64 tensor, ready to index embeddings."""
-        ids = np.fromfile(self.folder / f"{name}.bin", dtype=np.uint32)
+        ids = np.fromfile(self.folder / f"{name}.bin", dtype=self.dtype)
         return torch.from_numpy(ids.astype(np.int64))
+
+
+class _Progress:
+    """One stderr line per few seconds while a corpus of more than one chunk is encoded, and one at the end (unless
+    it was a single chunk of characters)."""
+
+    def __init__(self, path: Path, tokenizer: Tokenizer, total: int) -> None:
+        self.path, self.tokenizer, self.total = path, tokenizer, total
+        self.start = self.last = time.perf_counter()
+        self.chars = 0
+
+    def advance(self, chars: int, ids: int) -> None:
+        self.chars += chars
+        now = time.perf_counter()
+        if self.total > CHUNK_CHARS and now - self.last >= 2.0:
+            self.last = now
+            done = f"{100 * self.chars / self.total:.0f}% of {self.total:,} characters"
+            where = f"lit-nanogpt: encoding {self.path.name} with {self.tokenizer.name}"
+            print(f"{where}: {done}", file=sys.stderr, flush=True)
+
+    def done(self, n_train: int, n_val: int) -> None:
+        if isinstance(self.tokenizer, Vocabulary) and self.total <= CHUNK_CHARS:
+            return  # encoded in a blink, as it always was: nothing to report
+        took = time.perf_counter() - self.start
+        print(f"lit-nanogpt: encoded {self.path.name} with {self.tokenizer.describe()}: {n_train:,} train and "
+              f"{n_val:,} validation tokens in {took:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -186,22 +285,36 @@ class CharDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         cache_dir: str | None = None,
         prompts: list[str] | None = None,
-        vocab: str | None = None,
+        tokenizer: str = "char",
+        tokenizer_path: str | None = None,
+        bpe_vocab_size: int = 1024,
+        vocab_size: int | None = None,
+        vocab: str | dict[str, str | dict[str, int]] | None = None,
         **sampling: Any,
     ) -> None:
-        """Serve a character-level corpus for training, validation and sampling.
+        """Serve a corpus, encoded by characters or a BPE, for training, validation and sampling.
 
         Args:
             data_path: A UTF-8 text file; ``None`` is the shipped Tiny Shakespeare.
-            block_size: Window length; linked from ``model.block_size`` by the CLI.
+            block_size: Window length in tokens; linked from ``model.block_size`` by the CLI.
             batch_size: Random training windows per step (per device).
             val_batch_size: Validation windows per forward pass; changes speed, not the result.
-            val_fraction: Share of the text, taken from its end, held out for validation.
+            val_fraction: Share of the text's characters, taken from its end, held out for validation.
             cache_dir: Where encoded splits are kept; default ``$LIT_NANOGPT_CACHE`` or ``~/.cache/lit_nanogpt``.
             prompts: ``predict`` only: the texts to continue; default a newline, or the vocabulary's first
                 character when it has none.
-            vocab: The characters, when a checkpoint gives them (``--ckpt_path`` sets it): ``predict`` then
-                reads no corpus, and ``validate``/``test`` refuse a corpus with other characters.
+            tokenizer: ``char`` (the sorted characters of the corpus, nanoGPT's ``shakespeare_char``), ``gpt2``
+                (tiktoken's GPT-2 BPE, nanoGPT's ``shakespeare``; needs ``pip install tiktoken``), ``bpe`` (a
+                byte-level BPE of ``bpe_vocab_size`` ids trained on the train split; needs ``tokenizers``), or the
+                path of a ``tokenizer.json`` (``tokenizers``).
+            tokenizer_path: ``gpt2`` only: GPT-2's ranks file (tiktoken's ``r50k_base.tiktoken``); default
+                tiktoken's cache, which tiktoken fills from the network once.
+            bpe_vocab_size: ``bpe`` only: the ids the BPE learns (at least 256, its byte alphabet).
+            vocab_size: The model's vocabulary, linked to ``model.arch.vocab_size``; default the tokenizer's size.
+                May be larger, never smaller (nanoGPT pads GPT-2's 50257 to 50304 for speed).
+            vocab: The tokenizer, when a checkpoint gives it (``--ckpt_path`` sets it): characters as a string,
+                others as their plain form. ``predict`` then reads no corpus, and ``validate``/``test`` encode
+                the corpus with it (and refuse a corpus with other characters).
             sampling: ``predict`` only: ``SamplingSettings``' fields (``max_new_tokens``, ``temperature``,
                 ``top_k``, ``num_samples``), given flat: ``--data.max_new_tokens``.
         """
@@ -215,10 +328,15 @@ class CharDataModule(L.LightningDataModule):
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction={val_fraction} must be between 0 and 1, e.g. 0.1")
         self.corpus_path = Path(data_path) if data_path else SHIPPED_CORPUS
-        self._vocab = Vocabulary(vocab) if vocab else None
+        self._vocab = tokenizer_from_plain(vocab) if vocab else None
         self._corpus: EncodedCorpus | None = None
         if self._vocab is None:
             self.corpus  # noqa: B018  read now: a bad corpus fails before anything else starts
+        if vocab_size is not None and vocab_size < len(self.vocab):
+            raise ValueError(
+                f"data.vocab_size={vocab_size} (the model's vocab_size) is smaller than the {self.vocab.describe()} "
+                f"tokenizer: use at least {len(self.vocab)}, or leave it unset"
+            )
         self.train_data: torch.Tensor | None = None
         self.train_stream: RandomWindows | None = None
         self.val_data: torch.Tensor | None = None
@@ -232,8 +350,10 @@ class CharDataModule(L.LightningDataModule):
     def corpus(self) -> EncodedCorpus:
         """The corpus, read (and encoded, once) on first use: ``predict`` from a checkpoint never reads it."""
         if self._corpus is None:
-            cache = Path(self._hp.cache_dir) if self._hp.cache_dir else default_cache_dir()
-            self._corpus = EncodedCorpus(self.corpus_path, cache, self._hp.val_fraction)
+            hp = self._hp
+            cache = Path(hp.cache_dir) if hp.cache_dir else default_cache_dir()
+            self._corpus = EncodedCorpus(self.corpus_path, cache, hp.val_fraction, hp.tokenizer, hp.tokenizer_path,
+                                         hp.bpe_vocab_size, given=self._vocab)  # fmt: skip
             if self._vocab is not None and self._corpus.vocab != self._vocab:
                 raise ValueError(
                     f"corpus {self.corpus_path} has {len(self._corpus.vocab)} characters, not the checkpoint's "
@@ -242,12 +362,14 @@ class CharDataModule(L.LightningDataModule):
         return self._corpus
 
     @property
-    def vocab(self) -> Vocabulary:
+    def vocab(self) -> Tokenizer:
+        """The tokenizer (``Vocabulary`` for characters)."""
         return self._vocab if self._vocab is not None else self.corpus.vocab
 
     @property
     def vocab_size(self) -> int:
-        return len(self.vocab)
+        """The model's vocabulary: ``data.vocab_size`` if set, else the tokenizer's size."""
+        return self._hp.vocab_size or len(self.vocab)
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint records of the corpus, so that ``validate`` can say which text it needs."""
@@ -257,10 +379,11 @@ class CharDataModule(L.LightningDataModule):
         if stage == "predict":
             return  # the prompts and the model's vocabulary are all predict needs
         need = self._hp.block_size + 1
+        unit = "characters" if isinstance(self.corpus.vocab, Vocabulary) else "tokens"
         for name, n in (("train", self.corpus.n_train), ("val", self.corpus.n_val)):
             if n < need:
                 raise ValueError(
-                    f"corpus {self.corpus.path}: its {name} split has {n} characters, fewer than "
+                    f"corpus {self.corpus.path}: its {name} split has {n} {unit}, fewer than "
                     f"block_size + 1 = {need}: use a longer text or a smaller --model.block_size"
                 )
         if stage == "fit" and self.train_data is None:

@@ -16,7 +16,7 @@ from lit_nanogpt.checkpoint import load_model
 from lit_nanogpt.decoding import Backend, Sampler, TorchBackend, seeded
 from lit_nanogpt.decoding import generate as decode_tokens
 from lit_nanogpt.sampling import SEPARATOR, SamplingSettings
-from lit_nanogpt.text import read_corpus
+from lit_nanogpt.text import TextStream, read_corpus
 
 
 def torch_device(name: str) -> torch.device:
@@ -96,21 +96,22 @@ def generate(
         raise ValueError(f"prompt has characters not in the model's vocabulary: {''.join(missing)!r}; remove them")
     if not prompt:
         raise ValueError("the prompt is empty: give at least one character, e.g. a newline")
-    if len(prompt) > block_size:
-        print(f"prompt has {len(prompt)} characters, more than block_size={block_size}: "
-              f"the model sees only the last {block_size}", file=sys.stderr)  # fmt: skip
     ids = vocab.encode(prompt).tolist()
+    if len(ids) > block_size:
+        unit = "characters" if vocab.name == "char" else "tokens"
+        print(f"prompt has {len(ids)} {unit}, more than block_size={block_size}: "
+              f"the model sees only the last {block_size}", file=sys.stderr)  # fmt: skip
     # Warm-up, before the timer: one short run through every graph generation will use (onnxruntime
     # builds its sessions on first use; PyTorch allocates on a shape's first run), so that the tokens/s
     # line times generation alone. Greedy, so it draws nothing from the seeded generator.
     warm = Sampler(temperature=0.0)
     decode_tokens(runner, [ids], min(2, settings.max_new_tokens), warm, use_cache, window)  # prefill, one decode
-    if len(prompt) + settings.max_new_tokens - 1 > block_size:  # some token will see a full, sliding window
+    if len(ids) + settings.max_new_tokens - 1 > block_size:  # some token will see a full, sliding window
         decode_tokens(runner, [[0] * block_size], 2, warm, use_cache, window)  # at the shape the timed tokens use
     print(f"Loaded {onnx or checkpoint} in {time.perf_counter() - start:.2f} s", file=sys.stderr)
 
-    def show(tokens: list[int]) -> None:  # each character as it is drawn, as a terminal shows typing
-        sys.stdout.write(vocab.decode(tokens))
+    def show(tokens: list[int]) -> None:  # each character as it is drawn (whole: never half a UTF-8 one)
+        sys.stdout.write(stream.push(tokens))
         sys.stdout.flush()
 
     # One stream for all samples, drawn one after another, as nanoGPT's sample.py after torch.manual_seed.
@@ -119,9 +120,11 @@ def generate(
     for _ in range(settings.num_samples):
         sys.stdout.write(prompt)  # nanoGPT's layout: prompt and continuation, a newline, the separator line
         sys.stdout.flush()
+        stream = TextStream(vocab, ids)
         start = time.perf_counter()
         decode_tokens(runner, [ids], settings.max_new_tokens, sampler, use_cache, window, on_token=show)
         seconds += time.perf_counter() - start
+        sys.stdout.write(stream.flush())
         new_tokens += settings.max_new_tokens
         print()
         print(SEPARATOR, flush=True)

@@ -31,7 +31,7 @@ import torch
 from lit_nanogpt.checkpoint import refuse_options, torch_load, write_checkpoint
 from lit_nanogpt.files import replacing
 from lit_nanogpt.model import GPT, GPTConfig
-from lit_nanogpt.text import Vocabulary
+from lit_nanogpt.text import HFTokenizer, Tokenizer, Vocabulary
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Our mlp_activation -> transformers' activation_function (ACT2FN): "gelu" is the exact GELU, not
@@ -100,32 +100,40 @@ def char_tokenizer(vocab: Vocabulary) -> Any:
     return tokenizer
 
 
-def export_hf(model: GPT, vocab: Vocabulary, out: str | Path) -> float:
-    """Write ``model`` and ``vocab`` as a transformers GPT-2 folder ``out``; returns the largest difference
+def export_hf(model: GPT, vocab: Tokenizer, out: str | Path) -> float:
+    """Write ``model`` and its tokenizer as a transformers GPT-2 folder ``out``; returns the largest difference
     between transformers' logits and ours on one full block.
 
-    The folder is written beside ``out`` and swapped in only once transformers has loaded it (every
-    weight present, none left over), its logits agree within ``TOLERANCE`` and its tokenizer gives
-    back every character's id and the characters from the ids.
+    Characters travel as ``char_tokenizer``; a ``tokenizers`` tokenizer (``--data.tokenizer bpe`` or a
+    tokenizer.json) as its own tokenizer.json; tiktoken's gpt2 is refused (transformers' GPT-2 tokenizer needs
+    vocab.json and merges.txt, which this export does not derive from the ranks yet). The folder is written
+    beside ``out`` and swapped in only once transformers has loaded it (every weight present, none left over),
+    its logits agree within ``TOLERANCE`` and its tokenizer gives our ids and text back.
     """
     settings = hf_config(model.config)
-    if len(vocab) != model.config.vocab_size:
+    if not isinstance(vocab, Vocabulary | HFTokenizer):
         raise ValueError(
-            f"the vocabulary has {len(vocab)} characters but the model's vocab_size={model.config.vocab_size}"
+            f"export --format hf takes characters or a tokenizers tokenizer (bpe, a tokenizer.json), not "
+            f"the tokenizer {vocab.describe()}: export it to ONNX, or train with --data.tokenizer bpe"
         )
+    if len(vocab) > model.config.vocab_size or (isinstance(vocab, Vocabulary) and len(vocab) < model.config.vocab_size):
+        raise ValueError(f"the tokenizer has {len(vocab)} ids but the model's vocab_size={model.config.vocab_size}")
     transformers = hf_module("transformers")
     safetensors_torch = hf_module("safetensors.torch")
     model = copy.deepcopy(model).cpu().float().eval()  # the caller's model stays where and as it was
     with replacing(Path(out)) as tmp:
         transformers.GPT2Config(**settings).save_pretrained(tmp)
         safetensors_torch.save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        char_tokenizer(vocab).save(str(tmp / "tokenizer.json"))
+        if isinstance(vocab, Vocabulary):
+            char_tokenizer(vocab).save(str(tmp / "tokenizer.json"))
+        else:
+            (tmp / "tokenizer.json").write_text(vocab.json_text, encoding="utf-8")
         tokenizer_config = {**TOKENIZER_CONFIG, "model_max_length": model.config.block_size}
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
         return _check_folder(tmp, model, vocab)
 
 
-def _check_folder(folder: Path, model: GPT, vocab: Vocabulary) -> float:
+def _check_folder(folder: Path, model: GPT, vocab: Tokenizer) -> float:
     transformers = hf_module("transformers")
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars for a few small tensors
     theirs, info = transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
@@ -133,13 +141,16 @@ def _check_folder(folder: Path, model: GPT, vocab: Vocabulary) -> float:
         raise AssertionError(f"transformers loaded the export with {bad}")
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     block = model.config.block_size  # in pieces: longer text draws transformers' warning that the model cannot take it
-    for start in range(0, len(vocab), block):
-        piece = vocab.chars[start : start + block]
-        ids = tokenizer.encode(piece)
-        if ids != list(range(start, start + len(piece))) or tokenizer.decode(ids) != piece:
-            raise AssertionError(f"the exported tokenizer does not round-trip the characters {piece!r}")
+    if isinstance(vocab, Vocabulary):
+        pieces = [vocab.chars[start : start + block] for start in range(0, len(vocab), block)]
+    else:  # the tokenizer's own text of its first ids, and the prompt sampling starts from
+        pieces = [vocab.decode(list(range(min(len(vocab), 64)))), vocab.default_prompt]
+    for piece in pieces:
+        ids = tokenizer.encode(piece, add_special_tokens=False)
+        if ids != vocab.encode(piece).tolist() or tokenizer.decode(ids) != vocab.decode(ids):
+            raise AssertionError(f"the exported tokenizer does not give lit-nanogpt's ids and text for {piece!r}")
     generator = torch.Generator().manual_seed(0)
-    idx = torch.randint(len(vocab), (2, model.config.block_size), generator=generator)  # (B, T)
+    idx = torch.randint(model.config.vocab_size, (2, model.config.block_size), generator=generator)  # (B, T)
     with torch.no_grad():
         ours, _ = model(idx, idx)  # (B, T, V)
         diff = (theirs.eval()(idx).logits - ours).abs().max().item()

@@ -18,7 +18,7 @@ from lit_nanogpt.decoding import Sampler, TorchBackend, generate
 from lit_nanogpt.model import GPT, SHAKESPEARE_CHAR, GPTConfig
 from lit_nanogpt.optim import MuonAdamW, nanogpt_lr, wsd_lr
 from lit_nanogpt.sampling import SamplingSettings
-from lit_nanogpt.text import Vocabulary
+from lit_nanogpt.text import Tokenizer, tokenizer_from_plain
 from lit_nanogpt.trainer_state import current_lr, is_logging_step
 
 
@@ -84,7 +84,7 @@ class LitGPT(L.LightningModule):
         if not 0.0 <= cooldown <= 1.0:
             raise ValueError(f"cooldown={cooldown} must be a fraction in [0, 1], e.g. 0.4")
         self.model = GPT(self.config)
-        self.vocab: Vocabulary | None = None
+        self.vocab: Tokenizer | None = None
         # A NaN batch makes the mean NaN: the default drops it (mean of [2, nan] = 2). Not "disable": torchmetrics
         # 1.x then ignores the weights (aggregation.py _cast_and_nan_check_input sets them all to one).
         self.val_loss = MeanMetric(nan_strategy=float("nan"))
@@ -100,15 +100,16 @@ class LitGPT(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.vocab is None and datamodule is not None and hasattr(datamodule, "vocab"):
             self.vocab = datamodule.vocab
-        if self.vocab is not None and len(self.vocab) != self.config.vocab_size:
+        if self.vocab is not None and len(self.vocab) > self.config.vocab_size:
             raise ValueError(
-                f"the data has {len(self.vocab)} characters but model.arch.vocab_size={self.config.vocab_size}: "
-                "let the CLI link it (do not set --model.arch.vocab_size) or train on the checkpoint's corpus"
+                f"the data's tokenizer, {self.vocab.describe()}, has more ids than model.arch.vocab_size="
+                f"{self.config.vocab_size}: let the CLI link it (set --data.vocab_size, or nothing) or train on the "
+                "checkpoint's corpus and tokenizer"
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         assert self.vocab is not None, "a checkpoint without its vocabulary cannot be sampled"
-        checkpoint["vocab"] = self.vocab.chars
+        checkpoint["vocab"] = self.vocab.to_plain()  # plain data: the checkpoint loads with weights_only=True
         corpus = getattr(getattr(self._trainer, "datamodule", None), "corpus", None)
         if corpus is not None:
             checkpoint["corpus"] = {"path": str(corpus.path), "sha256": corpus.sha256}
@@ -119,7 +120,7 @@ class LitGPT(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "vocab" in checkpoint:
-            self.vocab = Vocabulary(checkpoint["vocab"])
+            self.vocab = tokenizer_from_plain(checkpoint["vocab"])
         self._rng_states = checkpoint.get("rng_states")
 
     def on_train_start(self) -> None:
@@ -256,13 +257,13 @@ def set_rng_states(states: dict[str, Any], device: torch.device) -> None:
 
 def generate_text(
     model: GPT,
-    vocab: Vocabulary,
+    vocab: Tokenizer,
     prompt: str,
     sampling: SamplingSettings,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
 ) -> str:
-    """The prompt followed by ``sampling.max_new_tokens`` generated characters: one sample (the caller
+    """The prompt followed by ``sampling.max_new_tokens`` generated tokens' text: one sample (the caller
     draws ``sampling.num_samples``)."""
     if not prompt:
         raise ValueError("the prompt is empty: give at least one character, e.g. a newline")

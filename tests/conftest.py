@@ -20,17 +20,27 @@ os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 # anything imports torch, which reads it once.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import hashlib  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.helpers import NANOGPT_BABY  # noqa: E402
+from lit_nanogpt.text import GPT2_RANKS_URL  # noqa: E402
+from tests.helpers import GPT2_RANKS, NANOGPT_BABY  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test writes outside its temp dirs or reaches W&B's servers."""
+    """No test writes outside its temp dirs or reaches W&B's servers, or tiktoken's: its cache holds GPT-2's ranks
+    (../shared/data/gpt2.tiktoken) under the name tiktoken gives its download, so ``--data.tokenizer gpt2`` works
+    offline as it does for a user who ran it once."""
     monkeypatch.setenv("LIT_NANOGPT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    tiktoken_cache = tmp_path_factory.getbasetemp() / "tiktoken"
+    if not tiktoken_cache.is_dir():
+        tiktoken_cache.mkdir()
+        shutil.copy(GPT2_RANKS, tiktoken_cache / hashlib.sha1(GPT2_RANKS_URL.encode()).hexdigest())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tiktoken_cache))
     monkeypatch.setenv("WANDB_MODE", os.environ.get("WANDB_MODE", "offline"))
     monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -19,6 +19,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 NANOGPT_BABY = FIXTURES / "nanogpt_baby"
+SHARED = ROOT.parent / "shared"  # the read-only data and reference code beside the project
+GPT2_RANKS = SHARED / "data" / "gpt2.tiktoken"  # GPT-2's BPE ranks as tiktoken downloads them (r50k_base)
 
 # A tiny model for unit tests: fast on 2 CPU cores, big enough to learn a little.
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "dropout": 0.0, "bias": False}

@@ -39,7 +39,7 @@ from lit_nanogpt.export.manifest import GRAPHS, Graph, Manifest, TensorSpec, pas
 from lit_nanogpt.export.settings import ExportSettings
 from lit_nanogpt.files import replacing
 from lit_nanogpt.model import GPT
-from lit_nanogpt.text import Vocabulary
+from lit_nanogpt.text import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 def export_model(
     model: GPT,
-    vocab: Vocabulary,
+    vocab: Tokenizer,
     out: str | Path,
     settings: ExportSettings | None = None,
     source: str | None = None,
@@ -315,7 +315,7 @@ def export_model(
 
     Args:
         model: The network; a CPU fp32 copy in eval mode is exported, ``model`` is left as it is.
-        vocab: Its vocabulary, written into the manifest.
+        vocab: Its tokenizer, written into the manifest (``Tokenizer.to_plain``).
         out: The export folder.
         settings: How to export; default ``ExportSettings()``.
         source: Where the weights came from, recorded in the manifest.
@@ -328,8 +328,11 @@ def export_model(
     config = model.config
     if dynamic_dims is not None and dynamic_dims[-1] > config.block_size:
         raise ValueError(f"dynamic_dims={dynamic_dims} must be lengths between 1 and block_size={config.block_size}")
-    if len(vocab) != config.vocab_size:
-        raise ValueError(f"the vocabulary has {len(vocab)} characters but the model's vocab_size={config.vocab_size}")
+    if len(vocab) > config.vocab_size:
+        raise ValueError(
+            f"the tokenizer, {vocab.describe()}, has more ids than the model's vocab_size={config.vocab_size}: "
+            "export the tokenizer the model was trained with"
+        )
     out = Path(out)
     model = copy.deepcopy(model).cpu().float().eval()
     L, nh, hs = config.n_layer, config.n_head, config.n_embd // config.n_head
@@ -379,7 +382,7 @@ def export_model(
                 quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx")
                 graphs[f"{name}_int8"] = check_graph(tmp / f"{name}.int8.onnx", opset, allowed_ops=None)
         manifest = Manifest(
-            vocab=vocab.chars,
+            vocab=vocab.to_plain(),
             batch_size=batch_size,
             dynamic_dims=dynamic_dims,
             model=config,

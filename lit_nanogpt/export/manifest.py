@@ -102,8 +102,9 @@ class Graph:
 class Manifest:
     """What an export folder holds; ``write`` and ``read`` are the only way in and out of ``manifest.json``."""
 
-    vocab: str
-    """The vocabulary's characters, in id order."""
+    vocab: str | dict[str, Any]
+    """The tokenizer's plain form (``lit_nanogpt.text.Tokenizer.to_plain``): characters in id order as a string,
+    other tokenizers as a dict."""
     batch_size: int
     """Batch of the full-context graph and of the static pair (rows held at once on Ascend)."""
     dynamic_dims: list[int] | None
@@ -155,8 +156,8 @@ class Manifest:
             atc=None if atc is None else AtcRecord.from_dict(atc),
             files=dict(d["files"]),
         )
-        if not isinstance(manifest.vocab, str):
-            raise TypeError("vocab must be a string")
+        if not isinstance(manifest.vocab, str | dict):
+            raise TypeError("vocab must be a string or a tokenizer's dict")
         return manifest
 
     def write(self, folder: Path) -> None:

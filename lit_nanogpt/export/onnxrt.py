@@ -29,7 +29,7 @@ import torch
 
 from lit_nanogpt.export.ascend import Runner, ascend_runners
 from lit_nanogpt.export.manifest import STATIC_GRAPHS, Manifest, past_names
-from lit_nanogpt.text import Vocabulary
+from lit_nanogpt.text import tokenizer_for_model
 
 BACKENDS = ("auto", "cpu", "cann", "om")
 CACHES = ("auto", "dynamic", "static")
@@ -82,7 +82,7 @@ class ExportedGPT:
             raise ValueError(f"max_batch={max_batch} must be at least 1")
         self.folder = Path(folder)
         self.manifest = manifest if manifest is not None else Manifest.read(self.folder)
-        self.vocab = Vocabulary(self.manifest.vocab)
+        self.vocab = tokenizer_for_model(self.folder, self.manifest.vocab, self.manifest.model.vocab_size)
         self.block_size = self.manifest.block_size
         self.cache = cache
         self.cached = cache != "none"

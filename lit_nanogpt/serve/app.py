@@ -29,7 +29,7 @@ from lit_nanogpt.serve.chat import DEFAULT_ASSISTANT, DEFAULT_USER, TURN_END, Tu
 from lit_nanogpt.serve.engine import Collected, Engine, Event, Job, QueueFull, Sampling, Stopping
 from lit_nanogpt.serve.metrics import CONTENT_TYPE
 from lit_nanogpt.serve.protocol import APIError, ChatRequest, CompletionRequest, Speakers, parse, usage
-from lit_nanogpt.text import Vocabulary
+from lit_nanogpt.text import Tokenizer
 
 access_log = logging.getLogger("lit_nanogpt.serve.access")
 
@@ -110,7 +110,7 @@ class Gate:
 
 def create_app(
     engine: Engine,
-    vocab: Vocabulary,
+    vocab: Tokenizer,
     model_name: str,
     limits: Limits | None = None,
     api_key: str | None = None,

@@ -20,7 +20,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from lit_nanogpt.text import Vocabulary
+    from lit_nanogpt.text import Tokenizer
 
 API_KEY_ENV = "LIT_NANOGPT_API_KEY"
 
@@ -122,7 +122,7 @@ def serve(
 
         _access_log(quiet)
         prometheus_client.disable_created_metrics()  # no *_created series beside each counter: /metrics stays readable
-        engine = Engine(runner, vocab.chars, window=window, max_queue=max_queue)
+        engine = Engine(runner, vocab, window=window, max_queue=max_queue)
         bound_host, bound_port = sock.getsockname()[:2]
         url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/v1"
 
@@ -153,7 +153,7 @@ def serve(
 
 def _load(
     checkpoint: str | None, onnx: str | None, device: str, backend: str, max_batch: int
-) -> tuple[Any, Vocabulary, Path, str]:
+) -> tuple[Any, Tokenizer, Path, str]:
     """The decoding backend, its vocabulary, the file it came from and where it runs."""
     if onnx is not None:
         from lit_nanogpt.export.onnxrt import open_export

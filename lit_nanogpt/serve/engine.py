@@ -25,6 +25,7 @@ import torch
 
 from lit_nanogpt.decoding import Backend, Decoder, Row, Sampler
 from lit_nanogpt.serve.metrics import Metrics
+from lit_nanogpt.text import TextStream, Tokenizer, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class Choice:
     produced: int = 0
     last_at: float = 0.0
     done: bool = False
+    stream: TextStream | None = None
+    """Turns its tokens into whole characters (made at the first token, from the prompt's ids)."""
 
 
 class Job:
@@ -126,20 +129,25 @@ class Engine:
 
     Args:
         backend: Runs the network; its ``max_batch`` bounds the rows stepped together.
-        chars: The vocabulary's characters in id order (a token's text).
+        tokenizer: Turns tokens into text (a string: the characters of a ``Vocabulary``, in id order).
         window: Past ``block_size``: ``exact`` (nanoGPT's sliding window, run apart) or ``half``.
         max_queue: Requests that may wait for a slot beyond the free ones; past that ``submit`` raises ``QueueFull``.
         metrics: Where the counters go.
     """
 
     def __init__(
-        self, backend: Backend, chars: str, window: str = "exact", max_queue: int = 64, metrics: Metrics | None = None
+        self,
+        backend: Backend,
+        tokenizer: Tokenizer | str,
+        window: str = "exact",
+        max_queue: int = 64,
+        metrics: Metrics | None = None,
     ) -> None:
         if max_queue < 0:
             raise ValueError(f"max_queue={max_queue} must be at least 0")
         self.decoder = Decoder(backend, use_cache=True, window=window)
         self.backend = backend
-        self.chars = chars
+        self.tokenizer = Vocabulary(tokenizer) if isinstance(tokenizer, str) else tokenizer
         self.max_queue = max_queue
         self.metrics = metrics if metrics is not None else Metrics()
         # Without a cache every token is a window forward; nothing would be left to keep apart from.
@@ -379,12 +387,18 @@ class Engine:
         choice.last_at = now
         choice.produced += 1
         job.completion_tokens += 1
-        choice.text += self.chars[token]
+        if choice.stream is None:
+            choice.stream = TextStream(self.tokenizer, choice.row.ids[:-1])  # the row holds the new token already
+        before = len(choice.text)
+        choice.text += choice.stream.push([token])  # whole characters only: a byte-level token may end inside one
+        if choice.produced >= choice.max_tokens:
+            choice.text += choice.stream.flush()
         finish, end = None, len(choice.text)
-        # One character per token, so a stop sequence can only appear at the very end of the text.
-        matched = [s for s in job.stop if choice.text.endswith(s)]
-        if matched:
-            finish, end = "stop", len(choice.text) - max(map(len, matched))
+        # A token adds one character or several: the earliest stop sequence that the new text completes.
+        longest = max((len(s) for s in job.stop), default=0)
+        found = [(i, s) for s in job.stop if (i := choice.text.find(s, max(0, before - longest + 1))) >= 0]
+        if found:
+            finish, end = "stop", min(i for i, _ in found)
             choice.text = choice.text[:end]
         elif choice.produced >= choice.max_tokens:
             finish = "length"

@@ -23,7 +23,7 @@ from lit_nanogpt.commands import main
 from lit_nanogpt.hf import export_hf
 from lit_nanogpt.model import GPT, GPTConfig
 from lit_nanogpt.text import Vocabulary
-from tests.helpers import NANOGPT_BABY, TINY, error_of, extend
+from tests.helpers import GPT2_RANKS, NANOGPT_BABY, TINY, error_of, extend
 
 EXPECTED = json.loads((NANOGPT_BABY / "expected.json").read_text())
 
@@ -253,3 +253,26 @@ def test_without_the_hf_extra_the_commands_say_which_to_install(
     line = error_of(capsys, "export", "--format=hf", f"--checkpoint={ckpt}", f"--out={tmp_path / 'hf'}")
     assert "needs transformers: pip install 'lit-nanogpt[hf]'" in line
     assert not (tmp_path / "x.ckpt").exists() and not (tmp_path / "hf").exists()
+
+
+def test_a_bpe_model_exports_with_its_own_tokenizer_and_gpt2_is_refused(tmp_path: Path) -> None:
+    from lit_nanogpt.text import SHIPPED_CORPUS, TiktokenTokenizer, train_bpe
+
+    text = SHIPPED_CORPUS.read_text()[:20_000]
+    bpe = train_bpe(iter([text]), vocab_size=300)
+    model = _tiny(3, vocab_size=304)  # padded past the tokenizer's 300, as nanoGPT pads GPT-2's
+    diff = export_hf(model, bpe, tmp_path / "hf")
+    assert diff < 1e-4
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    sample = "ROMEO:\nWhat light, through yonder window breaks?"
+    assert tokenizer.encode(sample, add_special_tokens=False) == bpe.encode(sample).tolist()
+    assert tokenizer.decode(bpe.encode(sample).tolist()) == sample
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.tensor([bpe.encode(sample).tolist()[: TINY["block_size"]]])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, model(ids, ids)[0], atol=1e-5, rtol=0)
+
+    gpt2 = TiktokenTokenizer.load(GPT2_RANKS)
+    with pytest.raises(ValueError, match="not the tokenizer gpt2 .*export it to ONNX"):
+        export_hf(_tiny(3, vocab_size=50304), gpt2, tmp_path / "gpt2")
+    assert not (tmp_path / "gpt2").exists()
