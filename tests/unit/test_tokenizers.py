@@ -173,7 +173,7 @@ def test_validate_gives_the_fits_loss(kind: str, runs: dict[str, Path], capsys: 
     best = next(v for k, v in read_checkpoint(ckpt)["callbacks"].items() if "ModelCheckpoint" in k)
     capsys.readouterr()
     assert main(["validate", "--ckpt_path", str(ckpt), "--trainer.limit_val_batches=2"]) == 0
-    shown = float(re.search(r"val_loss\s+([\d.]+)", capsys.readouterr().out)[1])  # type: ignore[index]
+    shown = float(re.search(r"val_loss[\s│┃|]+([\d.]+)", capsys.readouterr().out)[1])  # type: ignore[index]
     assert shown == pytest.approx(float(best["best_model_score"]), abs=1e-5)
 
 
