@@ -1,9 +1,10 @@
 """Files a user is handed are data: a checkpoint or meta.pkl that names code is refused before any of it runs.
 
 Each bait file carries an object whose unpickling runs ``touch MARKER`` (checked live below), beside real
-weights. Every command that reads such a file runs in a real process with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1,
-the switch that turns torch.load's default back to running pickled code: only an explicit
-``weights_only=True`` holds against it.
+weights. Every command that reads such a file runs with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, the switch that turns
+torch.load's default back to running pickled code (torch reads it at every load): only an explicit
+``weights_only=True`` holds against it. Each command goes through the command table's ``main`` in this process;
+Lightning's own resume runs in a real process.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from lit_nanogpt.checkpoint import import_nanogpt, read_nanogpt_meta
 from lit_nanogpt.checkpoint_io import AtomicCheckpointIO
 from lit_nanogpt.commands import main
-from tests.helpers import NANOGPT_BABY, TINY, run_cli
+from tests.helpers import NANOGPT_BABY, TINY, cli, run_cli
 
 NAMED = f"{os.system.__module__}.system"  # what the bait's pickle names: posix.system on Linux and macOS
 UNSAFE_ENV = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
@@ -101,10 +102,14 @@ COMMANDS = {
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_command_refuses_a_file_that_names_code(bait: Bait, tmp_path: Path, command: str) -> None:
+def test_every_command_refuses_a_file_that_names_code(
+    bait: Bait, tmp_path: Path, command: str, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kind, args = COMMANDS[command]
     out = tmp_path / "out"
-    result = run_cli(*args(bait, out), env=UNSAFE_ENV)
+    for name, value in UNSAFE_ENV.items():
+        monkeypatch.setenv(name, value)
+    result = cli(capfd, *args(bait, out))
     assert not bait.marker.exists()
     assert result.returncode == 1
     line = the_error_line(result.stderr)

@@ -1,5 +1,7 @@
-"""What a user sees, through real processes of the CLI: one-line errors, streamed samples, a checkpoint
-that needs no corpus, any corpus training with the shipped configs, and a README that leaves the checkout clean."""
+"""What a user sees: one-line errors, streamed samples, a checkpoint that needs no corpus, any corpus training with
+the shipped configs, and a README that leaves the checkout clean. A fit and the streamed samples run as real
+processes; the rest goes through the command table's ``main`` in this process (test_cli.py holds the real-process
+check of the one-line error and its exit code)."""
 
 from __future__ import annotations
 
@@ -28,9 +30,10 @@ def one_error_line(result) -> str:
 
 
 @RunIf(without_cuda=True)
-def test_cuda_accelerator_without_cuda_is_one_line() -> None:
+def test_cuda_accelerator_without_cuda_is_one_line(capfd: pytest.CaptureFixture) -> None:
     line = one_error_line(
-        run_cli(
+        cli(
+            capfd,
             "fit",
             "--config",
             str(CPU_CONFIG),
@@ -43,15 +46,15 @@ def test_cuda_accelerator_without_cuda_is_one_line() -> None:
     assert "--trainer.accelerator cuda: no cuda device is available" in line and "--trainer.accelerator cpu" in line
 
 
-def test_yaml_typo_names_the_file_the_key_and_the_fix(tmp_path: Path) -> None:
+def test_yaml_typo_names_the_file_the_key_and_the_fix(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     typo = tmp_path / "mine.yaml"
     typo.write_text("trainer:\n  max_step: 3\nmodel:\n  arch:\n    n_layer: 2\n")
-    line = one_error_line(run_cli("fit", "--config", str(CPU_CONFIG), "--config", str(typo)))
+    line = one_error_line(cli(capfd, "fit", "--config", str(CPU_CONFIG), "--config", str(typo)))
     assert line == (
         f"lit-nanogpt: error: {typo}: trainer.max_step is not an option of lit-nanogpt fit; "
         "did you mean trainer.max_steps?"
     )
-    line = one_error_line(run_cli("fit", "--trainer.max_stepz=3"))
+    line = one_error_line(cli(capfd, "fit", "--trainer.max_stepz=3"))
     assert line.endswith("--trainer.max_stepz is not an option of lit-nanogpt fit; did you mean --trainer.max_steps?")
 
 
