@@ -257,11 +257,15 @@ class LitNanoGPTCLI(LightningCLI):
                 callback.dirpath = str(Path(self.trainer.default_root_dir) / "checkpoints")
 
     def after_fit(self) -> None:
+        """One exact pass over the whole validation split with the best checkpoint's weights (the final weights
+        without one), logged as ``val_loss`` and printed: the validations inside the fit were ``val_loss_est``."""
         callback = self.trainer.checkpoint_callback
-        if self.trainer.is_global_zero and isinstance(callback, ModelCheckpoint) and callback.best_model_path:
-            score = callback.best_model_score
-            shown = f"{callback.monitor}={score:.4f}" if score is not None else "no score"
-            print(f"Best checkpoint: {callback.best_model_path} ({shown})", flush=True)
+        best = callback.best_model_path if isinstance(callback, ModelCheckpoint) else ""
+        self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+        if self.trainer.is_global_zero and best:
+            score = self.trainer.callback_metrics.get("val_loss")
+            shown = f"val_loss={float(score):.4f}" if score is not None else "no score"
+            print(f"Best checkpoint: {best} ({shown})", flush=True)
 
 
 class RunFolder:

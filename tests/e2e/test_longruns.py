@@ -27,7 +27,7 @@ CALLBACKS = f"""
 trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{filename: best, monitor: val_loss, mode: min, save_top_k: 1, save_last: true,
+      init_args: {{filename: best, monitor: val_loss_est, mode: min, save_top_k: 1, save_last: true,
                   enable_version_counter: false}}
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{every_n_train_steps: {EVERY}, save_top_k: 0, save_last: true, enable_version_counter: false}}
