@@ -91,6 +91,16 @@ def test_fit_learns_and_reports_its_best_checkpoint(tiny_run: tuple[Path, str]) 
     assert best["global_step"] == 150  # the lowest estimate's, and the last one's here
 
 
+def test_fit_end_export_is_the_best_checkpoint_in_fp32_unless_int8_is_asked(tiny_run: tuple[Path, str]) -> None:
+    from lit_nanogpt.export import ExportedGPT
+
+    export = tiny_run[0] / "export"
+    assert ExportedGPT(export).manifest.source == str(tiny_run[0] / "checkpoints" / "best.ckpt")
+    assert (export / "full.onnx").is_file() and not list(export.glob("*.int8.onnx"))  # fit_defaults: int8 false
+    with pytest.raises(ValueError, match=r"has no full_int8, prefill_int8, decode_int8 graph: write them with lit-"):
+        ExportedGPT(export, int8=True)
+
+
 def test_loss_curve_matches_the_reference(tiny_run: tuple[Path, str]) -> None:
     """A fixed-seed curve, so a refactor that changes the numbers is seen (UPDATE_REFERENCE=1 rewrites it)."""
     metrics = read_metrics(tiny_run[0])
