@@ -244,6 +244,8 @@ class LitNanoGPTCLI(LightningCLI):
                 if not a.startswith(("--ckpt_path=", "--overwrite=")):
                     args.append(a)
             where = f"wrote {stop.saved}" if stop is not None and stop.saved else "nothing saved"
+            if self.trainer.state.fn == "validate":  # after_fit's pass: what training wrote is all there
+                where = "in the final validation, after training ended (checkpoints and export complete)"
             step = stop.step if stop is not None and stop.step is not None else self.trainer.global_step
             print(f"{self.prog}: stopped by {signal.Signals(signum).name} at step {step}: {where}; resume with: "
                   f"{shlex.join([self.prog, *args, '--ckpt_path', 'last'])}", file=sys.stderr, flush=True)  # fmt: skip
