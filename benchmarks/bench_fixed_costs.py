@@ -13,10 +13,11 @@ with ``PYTHONPATH`` pointing at it (``harness.Checkout``).
 - ``profile``: each round runs the CPU recipe (``configs/shakespeare_char_cpu.yaml`` as shipped by each
   checkout: W&B offline, progress bar, checkpoints, export) for ``--steps`` steps with
   ``--trainer.profiler simple``, in the old checkout and in this one, the order swapped every round.
-  From the profiler's table: one full validation (the validation steps of one pass and the samples drawn
-  after it), the progress bar's time per training step, the fit-end export, the training steps, what
-  is outside the fit, and the process's wall time; medians and the median of the per-round ratios.
-  Without ``--old``, this checkout alone.
+  From the profiler's table: one validation inside the fit (the validation steps of one pass and the samples
+  drawn after it; an estimate on ``data.val_est_windows`` windows since issue 19), the final full pass over the
+  best checkpoint (0 in checkouts without one), the progress bar's time per training step, the fit-end
+  export, the training steps, what is outside the fit, and the process's wall time; medians and the median
+  of the per-round ratios. Without ``--old``, this checkout alone.
 - ``startup``: each command in a fresh process, alternating with its reference, ``--pairs`` times:
   ``--help`` and ``generate --checkpoint X --max_new_tokens 1`` (nanoGPT's baby checkpoint) against
   ``python -c "import torch"``, and ``fit`` (CPU recipe, tiny model) timed to its first training step
@@ -69,15 +70,20 @@ def profiled_fit(checkout: Checkout, steps: int, work: Path, env: dict[str, str]
     cmd = checkout.cli("fit", "--config", config, "--trainer.profiler=simple", f"--trainer.default_root_dir={work}",
                        f"--trainer.max_steps={steps}")  # fmt: skip
     done = run_process(cmd, env=checkout.env(env), cwd=checkout.root)
-    rows = profile_rows(done.stdout + done.stderr)
+    # Since issue 19 the fit ends with trainer.validate over its best checkpoint: a second table, VALIDATE, whose
+    # rows are the same profiler's, so they add the final pass to the fit's (older checkouts print FIT alone).
+    fit, _, validate = (done.stdout + done.stderr).partition("VALIDATE Profiler Report")
+    rows = profile_rows(fit)
+    after = profile_rows(validate) if validate else rows
     passes = max(1, steps // 250)  # val_check_interval 250 in every checkout's CPU recipe
     validation = total(rows, r"validation_step$") + total(rows, r"ValidationSamples\.on_validation_end")
     return {
         "validation pass s": validation / passes,
+        "final full validation s": total(after, r"validation_step$") - total(rows, r"validation_step$"),
         "progress bar ms/step": 1e3 * total(rows, r"ProgressBar\.on_train_batch_end$") / steps,
         "export s": total(rows, r"OnnxExport\.on_fit_end"),
         "training steps s": total(rows, r"^run_training_batch$"),
-        "outside the fit s": done.seconds - rows["Total"][2] if "Total" in rows else float("nan"),
+        "outside the fit s": done.seconds - after["Total"][2] if "Total" in after else float("nan"),
         "process wall s": done.seconds,
     }
 

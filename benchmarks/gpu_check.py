@@ -392,6 +392,9 @@ class Stages:
             "reduced": None if steps == SHIPPED["fast"] else f"max_steps {SHIPPED['fast']} -> {steps}",
             "wall_s": done.record.get("seconds"),
             "best_val_loss": best,
+            # The validations inside the fit are estimates (val_loss_est, data.val_est_windows windows); val_loss is
+            # the fit's one full pass at the end, over best.ckpt (best_val_loss).
+            "val_loss_estimates": logged.get("val_loss_est", []),
             "val_losses": logged.get("val_loss", []),
             "tokens_per_s_median": settled_median(logged.get("tokens_per_s", [])),
             "goal": f"best val loss <= {GOAL_LOSS} within 2000 steps",

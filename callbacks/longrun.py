@@ -75,8 +75,12 @@ class StopOnSignal(Callback):
             return
         if self.received is None:  # a SIGTERM that reached Lightning's handler before this one was installed
             self.received = signal.SIGTERM
-        self.step, self.saved = trainer.global_step, last_checkpoint_path(trainer)
-        trainer.save_checkpoint(self.saved)
+        self.step = trainer.global_step
+        # Outside training, in lit-nanogpt fit's final validation over best.ckpt: last.ckpt already holds the end of
+        # training, and the model now holds best.ckpt's weights, which must not be written over it.
+        if trainer.state.fn == "fit":
+            self.saved = last_checkpoint_path(trainer)
+            trainer.save_checkpoint(self.saved)
         _finish_wandb(trainer, 128 + self.received, preempted=True)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

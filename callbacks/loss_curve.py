@@ -27,7 +27,7 @@ def plot_loss_curve(train: Curve, val: Curve, lr: Curve, path: str | Path, title
     if train:
         loss_ax.plot(*zip(*train, strict=True), label="train_loss", linewidth=1)
     if val:
-        loss_ax.plot(*zip(*val, strict=True), "o-", label="val_loss", linewidth=1.5, markersize=4)
+        loss_ax.plot(*zip(*val, strict=True), "o-", label="val_loss_est", linewidth=1.5, markersize=4)
     loss_ax.set_ylabel("loss")
     loss_ax.grid(alpha=0.3)
     loss_ax.legend()
@@ -46,7 +46,7 @@ def plot_loss_curve(train: Curve, val: Curve, lr: Curve, path: str | Path, title
 
 class LossCurve(Callback):
     def __init__(self, filename: str = "loss_curve.png", key: str = "loss_curve") -> None:
-        """At the end of ``fit``, draw ``train_loss``/``val_loss``/``lr`` against step into the run folder.
+        """At the end of ``fit``, draw ``train_loss``/``val_loss_est``/``lr`` against step into the run folder.
 
         The values are collected here on the Trainer's logging steps and at each validation, so the
         picture needs no logger; a W&B logger also receives it as an image under ``key``. The curve is
@@ -87,7 +87,8 @@ class LossCurve(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        if (val_loss := trainer.callback_metrics.get("val_loss")) is not None:
+        # The fit's own validations (LitGPT's val_loss_est); its exact val_loss comes after fit end.
+        if (val_loss := trainer.callback_metrics.get("val_loss_est")) is not None:
             self.val.append((trainer.global_step, float(val_loss)))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

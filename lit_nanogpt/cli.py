@@ -244,6 +244,8 @@ class LitNanoGPTCLI(LightningCLI):
                 if not a.startswith(("--ckpt_path=", "--overwrite=")):
                     args.append(a)
             where = f"wrote {stop.saved}" if stop is not None and stop.saved else "nothing saved"
+            if self.trainer.state.fn == "validate":  # after_fit's pass: what training wrote is all there
+                where = "in the final validation, after training ended (checkpoints and export complete)"
             step = stop.step if stop is not None and stop.step is not None else self.trainer.global_step
             print(f"{self.prog}: stopped by {signal.Signals(signum).name} at step {step}: {where}; resume with: "
                   f"{shlex.join([self.prog, *args, '--ckpt_path', 'last'])}", file=sys.stderr, flush=True)  # fmt: skip
@@ -257,11 +259,15 @@ class LitNanoGPTCLI(LightningCLI):
                 callback.dirpath = str(Path(self.trainer.default_root_dir) / "checkpoints")
 
     def after_fit(self) -> None:
+        """One exact pass over the whole validation split with the best checkpoint's weights (the final weights
+        without one), logged as ``val_loss`` and printed: the validations inside the fit were ``val_loss_est``."""
         callback = self.trainer.checkpoint_callback
-        if self.trainer.is_global_zero and isinstance(callback, ModelCheckpoint) and callback.best_model_path:
-            score = callback.best_model_score
-            shown = f"{callback.monitor}={score:.4f}" if score is not None else "no score"
-            print(f"Best checkpoint: {callback.best_model_path} ({shown})", flush=True)
+        best = callback.best_model_path if isinstance(callback, ModelCheckpoint) else ""
+        self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+        if self.trainer.is_global_zero and best:
+            score = self.trainer.callback_metrics.get("val_loss")
+            shown = f"val_loss={float(score):.4f}" if score is not None else "no score"
+            print(f"Best checkpoint: {best} ({shown})", flush=True)
 
 
 class RunFolder:

@@ -255,15 +255,20 @@ class StreamLoader(DataLoader):
 
 
 class SequentialWindows(IterableDataset):
-    """Every consecutive, non-overlapping ``block_size`` window from 0, split across ranks, no padding."""
+    """The consecutive, non-overlapping ``block_size`` windows from 0, split across ranks, no padding: every one,
+    or ``limit`` of them evenly spaced over the text (the same ones every time)."""
 
-    def __init__(self, data: torch.Tensor, block_size: int, batch_size: int) -> None:
+    def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, limit: int = 0) -> None:
         self.data, self.block_size, self.batch_size = data, block_size, batch_size
         self.num_windows = (len(data) - 1) // block_size
+        if 0 < limit < self.num_windows:
+            self.windows = torch.arange(limit) * self.num_windows // limit  # steps of at least 1: no repeats
+        else:
+            self.windows = torch.arange(self.num_windows)
 
     def _my_windows(self) -> torch.Tensor:
         rank, world = _rank_and_world()
-        return torch.arange(rank, self.num_windows, world)
+        return self.windows[rank::world]
 
     def __len__(self) -> int:
         return -(-len(self._my_windows()) // self.batch_size)
@@ -283,6 +288,7 @@ class CharDataModule(L.LightningDataModule):
         batch_size: int = 64,
         val_batch_size: int = 128,
         val_fraction: float = 0.1,
+        val_est_windows: int = 240,
         cache_dir: str | None = None,
         prompts: list[str] | None = None,
         tokenizer: str = "char",
@@ -300,6 +306,11 @@ class CharDataModule(L.LightningDataModule):
             batch_size: Random training windows per step (per device).
             val_batch_size: Validation windows per forward pass; changes speed, not the result.
             val_fraction: Share of the text's characters, taken from its end, held out for validation.
+            val_est_windows: ``fit`` only: validate during training on this many windows, evenly spaced over
+                the validation split and the same at every validation, logged as ``val_loss_est`` (the best
+                checkpoint is chosen on it); ``0``: on every window. The default, 240, is nanoGPT's CPU
+                recipe's estimate (``eval_iters`` 20 x ``batch_size`` 12). ``validate``, ``test`` and the fit's
+                final pass over its best checkpoint (``val_loss``) always take every window.
             cache_dir: Where encoded splits are kept; default ``$LIT_NANOGPT_CACHE`` or ``~/.cache/lit_nanogpt``.
             prompts: ``predict`` only: the texts to continue; default a newline, or the vocabulary's first
                 character when it has none.
@@ -325,6 +336,8 @@ class CharDataModule(L.LightningDataModule):
                             ("val_batch_size", val_batch_size)):  # fmt: skip
             if value < 1:
                 raise ValueError(f"data.{name}={value} must be a positive integer")
+        if val_est_windows < 0:
+            raise ValueError(f"data.val_est_windows={val_est_windows} must be 0 (every window) or a positive count")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction={val_fraction} must be between 0 and 1, e.g. 0.1")
         self.corpus_path = Path(data_path) if data_path else SHIPPED_CORPUS
@@ -340,6 +353,7 @@ class CharDataModule(L.LightningDataModule):
         self.train_data: torch.Tensor | None = None
         self.train_stream: RandomWindows | None = None
         self.val_data: torch.Tensor | None = None
+        self._val_limit = 0  # windows per validation: val_est_windows while fitting, else every one
 
     @property
     def _hp(self) -> Any:
@@ -390,6 +404,7 @@ class CharDataModule(L.LightningDataModule):
             self.train_data = self.corpus.split("train")
         if stage in ("fit", "validate", "test") and self.val_data is None:
             self.val_data = self.corpus.split("val")
+        self._val_limit = self._hp.val_est_windows if stage == "fit" else 0
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_data is not None
@@ -404,7 +419,7 @@ class CharDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_data is not None
-        ds = SequentialWindows(self.val_data, self._hp.block_size, self._hp.val_batch_size)
+        ds = SequentialWindows(self.val_data, self._hp.block_size, self._hp.val_batch_size, self._val_limit)
         return DataLoader(ds, batch_size=None)
 
     # Tiny Shakespeare has no separate test split; `test` reports on the held-out validation text.

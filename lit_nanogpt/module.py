@@ -147,10 +147,17 @@ class LitGPT(L.LightningModule):
         _, loss = self.model(x, y)
         # Weighted by tokens, so the epoch value is the mean over every predicted token, on all ranks.
         self.val_loss.update(loss, weight=y.numel())
-        self.log("val_loss", self.val_loss, prog_bar=True)
+        self.log(self._val_name(), self.val_loss, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_perplexity("val_ppl")
+        if self._val_name() == "val_loss":
+            self._log_perplexity("val_ppl")
+
+    def _val_name(self) -> str:
+        """``val_loss_est`` for the validations inside ``fit``, which pick the best checkpoint, as nanoGPT's
+        estimates do (``CharDataModule`` runs them on ``val_est_windows`` windows); ``val_loss`` only for a whole
+        pass outside it: ``validate``, and the one ``lit-nanogpt fit`` ends with over its best checkpoint."""
+        return "val_loss_est" if self.trainer.state.fn == "fit" else "val_loss"
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

@@ -93,7 +93,10 @@ class ExportedGPT:
         graphs = self.manifest.graphs
         missing = [g + suffix for g in _GRAPHS[cache] if g + suffix not in graphs]
         if missing:
-            hint = "export with int8 enabled" if int8 else "export again (lit-nanogpt export)"
+            hint = "export again (lit-nanogpt export)"
+            if int8:  # a fit's own export writes no int8 copies unless asked (fit_defaults.yaml)
+                hint = ("write them with lit-nanogpt export --checkpoint CKPT --out DIR (int8 copies by default), or "
+                        "fit with the OnnxExport callback's settings.int8: true")  # fmt: skip
             raise ValueError(f"{self.folder} has no {', '.join(missing)} graph: {hint}")
         self._files = {g: self.folder / graphs[g + suffix].file for g in _GRAPHS[cache]}
         self._inputs = {g: {t.name: t.shape for t in graphs[g + suffix].inputs} for g in _GRAPHS[cache]}

@@ -27,7 +27,7 @@ CALLBACKS = f"""
 trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{filename: best, monitor: val_loss, mode: min, save_top_k: 1, save_last: true,
+      init_args: {{filename: best, monitor: val_loss_est, mode: min, save_top_k: 1, save_last: true,
                   enable_version_counter: false}}
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{every_n_train_steps: {EVERY}, save_top_k: 0, save_last: true, enable_version_counter: false}}
@@ -203,6 +203,32 @@ def test_signal_stops_at_a_step_saves_last_and_resumes_exactly(
     assert "Traceback" not in stderr
     assert main(fit_args(tmp_path, callbacks_config, STEPS, "--ckpt_path", "last")) == 0
     assert_same_training_state(load(last), reference)
+
+
+def test_sigterm_in_final_validation_leaves_last_as_training_wrote_it(callbacks_config: Path, tmp_path: Path) -> None:
+    """The pass over best.ckpt after training (lit-nanogpt fit's last step) loads best.ckpt's weights: a stop there
+    must not write them into last.ckpt, which holds the end of training and resumes to just that pass again."""
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    args = fit_args(tmp_path, callbacks_config, 20, "--trainer.val_check_interval=10", "--data.val_batch_size=1")
+    proc = start_fit([a for a in args if a != "--trainer.limit_val_batches=2"])  # the full pass: 6971 batches
+    assert proc.stderr is not None
+    for line in proc.stderr:  # Lightning's line as validate loads best.ckpt, after training ended
+        if line.startswith("Loaded model weights from the checkpoint at"):
+            break
+    written = last.read_bytes()
+    time.sleep(1)  # into the pass (several seconds): past Lightning's handlers, set just after that line
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Best checkpoint" not in stdout and last.read_bytes() == written
+    assert load(last)["global_step"] == 20
+    (line,) = [ln for ln in stderr.splitlines() if ln.startswith("lit-nanogpt: stopped")]
+    assert line.startswith("lit-nanogpt: stopped by SIGTERM at step 20: in the final validation, after training ended "
+                           "(checkpoints and export complete); resume with: lit-nanogpt fit ")  # fmt: skip
+    assert line.endswith(" --ckpt_path last") and "Traceback" not in stderr
+    # That resume trains no further and runs the final pass.
+    assert main([*args, "--ckpt_path", "last"]) == 0
+    assert load(last)["global_step"] == 20
 
 
 def test_two_fits_started_together_into_one_folder_one_trains_and_the_other_is_refused(

@@ -163,10 +163,13 @@ def test_tokens_per_s_and_mfu_come_from_one_timing(offline_run: SimpleNamespace)
         assert row["mfu"] == pytest.approx(row["tokens_per_s"] * per_token / PEAK, rel=1e-6), row
 
 
-def test_validation_loss_each_validation(offline_run: SimpleNamespace) -> None:
-    val = [v for _, v in series(offline_run.history, "val_loss")]
-    assert len(val) == MAX_STEPS // VAL_EVERY
-    assert all(3.0 < v < 4.6 for v in val), val
+def test_validation_loss_estimated_each_validation_and_exact_once_at_the_end(offline_run: SimpleNamespace) -> None:
+    estimates = [v for _, v in series(offline_run.history, "val_loss_est")]
+    assert len(estimates) == MAX_STEPS // VAL_EVERY
+    assert all(3.0 < v < 4.6 for v in estimates), estimates
+    ((step, val),) = series(offline_run.history, "val_loss")  # the best checkpoint's, logged at the last step
+    assert step == MAX_STEPS and 3.0 < val < 4.6
+    assert [s for s, _ in series(offline_run.history, "val_ppl")] == [MAX_STEPS]
 
 
 def test_samples_table_grows_at_each_validation(offline_run: SimpleNamespace) -> None:
@@ -229,7 +232,7 @@ def test_loss_curve_png(offline_run: SimpleNamespace) -> None:
     logged = [v for _, v in series(offline_run.history, "train_loss")]
     assert [v for _, v in offline_run.curve.train] == pytest.approx(logged)
     assert [v for _, v in offline_run.curve.val] == pytest.approx(
-        [v for _, v in series(offline_run.history, "val_loss")]
+        [v for _, v in series(offline_run.history, "val_loss_est")]
     )
     assert [s for s, _ in offline_run.curve.train] == list(range(LOG_EVERY, MAX_STEPS + 1, LOG_EVERY))
 

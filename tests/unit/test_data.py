@@ -50,6 +50,33 @@ def test_shipped_validation_has_nanogpts_window_count() -> None:
     assert dm.val_dataloader().dataset.num_windows == 1742  # expected.json's "windows"
 
 
+def test_estimate_windows_are_fixed_evenly_spaced_and_split_across_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = torch.arange(1000)  # 15 windows of 64
+    ds = SequentialWindows(data, block_size=64, batch_size=2, limit=4)
+    assert ds.windows.tolist() == [0, 3, 7, 11]  # 15 * i // 4: spread over the text, none repeated
+    x = torch.cat([b[0] for b in ds])
+    assert len(ds) == 2 and x.shape == (4, 64) and torch.equal(x[:, 0], torch.tensor([0, 3, 7, 11]) * 64)
+    assert torch.equal(torch.cat([b[0] for b in ds]), x)  # the same windows at every validation
+    assert SequentialWindows(data, 64, 2, limit=15).windows.tolist() == list(range(15))  # all: every window
+    assert SequentialWindows(data, 64, 2, limit=0).windows.tolist() == list(range(15))
+    monkeypatch.setattr("lit_nanogpt.data._rank_and_world", lambda: (1, 2))
+    assert torch.equal(torch.cat([b[0] for b in ds])[:, 0], torch.tensor([3, 11]) * 64)  # rank 1 of 2
+
+
+def test_fit_estimates_on_val_est_windows_and_validate_takes_every_window() -> None:
+    dm = CharDataModule(block_size=64, val_batch_size=64)
+    dm.setup("fit")
+    fit = dm.val_dataloader().dataset
+    assert len(fit.windows) == 240 and fit.windows[-1] == 239 * 1742 // 240  # the default: nanoGPT's 20 x 12
+    dm.setup("validate")
+    assert len(dm.val_dataloader().dataset.windows) == 1742
+    dm = CharDataModule(block_size=64, val_est_windows=0)
+    dm.setup("fit")
+    assert len(dm.val_dataloader().dataset.windows) == 1742
+    with pytest.raises(ValueError, match=r"data.val_est_windows=-1 must be 0 \(every window\) or a positive count"):
+        CharDataModule(block_size=64, val_est_windows=-1)
+
+
 def test_training_windows_are_random_contiguous_and_seeded() -> None:
     data = torch.arange(10_000)
     torch.manual_seed(3)

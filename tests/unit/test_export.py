@@ -742,7 +742,7 @@ def test_callback_exports_the_best_checkpoint_at_fit_end(tmp_path: Path, monkeyp
     dm = CharDataModule(block_size=TINY["block_size"], batch_size=4, val_batch_size=64)
     # Dropout on, as the GPU and NPU recipes have it: the export must run the model in eval mode throughout.
     model = LitGPT(GPTConfig(**{**TINY, "dropout": 0.2}, vocab_size=dm.vocab_size), warmup_iters=0)
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_top_k=1)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss_est", save_top_k=1)
     export = OnnxExport(settings=ExportSettings(int8=False))
     trainer = L.Trainer(max_steps=6, val_check_interval=3, limit_val_batches=2, check_val_every_n_epoch=None,
                         num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
