@@ -131,6 +131,12 @@ class LitNanoGPTCLI(LightningCLI):
             warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader")
             if subcommand != "fit":
                 return super()._run_subcommand(subcommand)
+            for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
+                if getattr(callback, "monitor", None) == "val_loss":  # a config written before val_loss_est
+                    raise ValueError(
+                        f"{type(callback).__name__}(monitor='val_loss'): fit logs its validations as val_loss_est "
+                        "(val_loss is the exact pass over the best checkpoint after training): monitor val_loss_est"
+                    )
             if self._resume is not None:
                 self._refuse_other_corpus()
             with RunFolder(self._root(), self.trainer, resuming=self._resume is not None,

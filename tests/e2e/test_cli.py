@@ -223,6 +223,17 @@ def test_settings_are_checked_when_made_so_a_config_typo_fails_before_training(
     (tmp_path / "a_file").write_text("")
     line = error_of(capsys, *tiny_fit_args(tmp_path / "a_file", steps=2))
     assert "default_root_dir" in line and "is a file, not a folder" in line
+    # A config from before val_loss_est: its checkpoint callback would find no val_loss until after training.
+    bad.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args: {filename: mine, monitor: val_loss}\n"
+    )
+    line = error_of(capsys, *tiny_fit_args(run, steps=2), "--config", str(bad))
+    assert line.endswith(
+        "ModelCheckpoint(monitor='val_loss'): fit logs its validations as val_loss_est (val_loss is "
+        "the exact pass over the best checkpoint after training): monitor val_loss_est"
+    )
+    assert not (run / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(

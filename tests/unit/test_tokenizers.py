@@ -119,15 +119,17 @@ def fit_args(root: Path, tokenizer: str, *more: str) -> list[str]:
     config = root / "callbacks.yaml"  # checkpoints only: the export runs apart, once, without int8
     config.write_text(
         "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "      init_args: {filename: best, monitor: val_loss, save_last: true}\n",
+        "      init_args: {filename: best, monitor: val_loss_est, save_last: true}\n",
         encoding="utf-8",
     )
     tiny = [f"--model.arch.{k}={v}" for k, v in TINY.items()]
+    # val_est_windows=0: the fit's estimates take every window, as validate does, so the two losses compare.
     return ["fit", "--config", str(config), *tiny, "--data.tokenizer", tokenizer, "--data.cache_dir",
             str(root / "cache"), "--data.batch_size=4", "--data.val_batch_size=64", "--trainer.max_steps=6",
             "--trainer.val_check_interval=3", "--trainer.limit_val_batches=2", "--trainer.logger=false",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            "--trainer.default_root_dir", str(root), "--model.warmup_iters=0", *more]  # fmt: skip
+            "--trainer.default_root_dir", str(root), "--model.warmup_iters=0",
+            "--data.val_est_windows=0", *more]  # fmt: skip
 
 
 RUNS = {
