@@ -250,6 +250,8 @@ def write_checkpoint(
         "vocab": vocab.to_plain(),
         **(extra or {}),
     }
+    if config.vocab_size > len(vocab):  # padded: validate and test would otherwise take the tokenizer's size
+        checkpoint["datamodule_hyper_parameters"] = {"vocab_size": config.vocab_size}
     with atomic_open(out) as f:  # as AtomicCheckpointIO saves
         torch.save(checkpoint, f)
     return out

@@ -16,6 +16,9 @@ nanoGPT's ``sample.py`` refuse it.
 GPT-2's own tokenizer (``--data.tokenizer gpt2``, tiktoken's ranks) travels as GPT-2's files: ``vocab.json`` and
 ``merges.txt`` derived from the ranks (``gpt2_vocab_merges``), which transformers' ``GPT2Tokenizer`` reads, and the
 ``tokenizer.json`` that tokenizers builds from them, with ``<|endoftext|>`` as special token 50256 (bos and eos).
+Coming back, a folder's ``tokenizer.json`` (of any tokenizers model), or else GPT-2's ``vocab.json`` and
+``merges.txt`` as transformers reads them, is carried as an ``HFTokenizer``; the character tokenizer above comes
+back as the ``Vocabulary`` it was.
 
 transformers, tokenizers and safetensors are the ``hf`` extra; only the functions that need them
 import them, and only the commands that use this module import it.
@@ -246,26 +249,59 @@ def _check_folder(folder: Path, model: GPT, vocab: Tokenizer) -> float:
     return diff
 
 
-def read_char_tokenizer(path: Path) -> Vocabulary:
-    """The character vocabulary of a ``tokenizer.json`` that ``export --format hf`` wrote, read as JSON."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: import-hf needs the folder's tokenizer.json (its character vocabulary)"
-        )
-    try:
-        model = json.loads(path.read_text(encoding="utf-8")).get("model") or {}
-    except (ValueError, AttributeError) as e:
-        raise ValueError(f"{path} is not a tokenizer.json ({e}): use the one export --format hf writes") from None
-    kind, vocab = model.get("type"), model.get("vocab")
-    if kind != "WordLevel" or not isinstance(vocab, dict) or not all(isinstance(t, str) and len(t) == 1 for t in vocab):
-        raise ValueError(
-            f"{path} is a {kind} tokenizer, not a character vocabulary: import-hf takes the character tokenizer "
-            "that lit-nanogpt export --format hf writes; BPE tokenizers come with --data.tokenizer"
-        )
+def char_vocabulary(data: Any) -> Vocabulary | None:
+    """The ``Vocabulary`` of a parsed tokenizer.json that is ``char_tokenizer``'s (a word-level model of single
+    characters with their sorted order as ids, split into characters and fused back); None for any other."""
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "WordLevel" or data.get("normalizer") is not None:
+        return None
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict):
+        return None
+    kinds = [
+        part.get("type") if isinstance(part, dict) else None
+        for part in (data.get("pre_tokenizer"), data.get("decoder"))
+    ]
+    if kinds != ["Split", "Fuse"]:
+        return None
+    if not all(isinstance(t, str) and len(t) == 1 for t in vocab):
+        return None
     chars = "".join(sorted(vocab, key=lambda c: vocab[c]))
-    if sorted(vocab.values()) != list(range(len(vocab))) or chars != "".join(sorted(chars)):
-        raise ValueError(f"{path}: its ids are not the characters' sorted order 0..{len(vocab) - 1}, as lit-nanogpt's")
+    if not chars or sorted(vocab.values()) != list(range(len(vocab))) or chars != "".join(sorted(chars)):
+        return None
     return Vocabulary(chars)
+
+
+def read_tokenizer(folder: Path) -> Tokenizer:
+    """The tokenizer of a transformers folder: its ``tokenizer.json`` (the character tokenizer ``export --format hf``
+    writes comes back as that ``Vocabulary``, any other as an ``HFTokenizer``), else GPT-2's ``vocab.json`` and
+    ``merges.txt`` (older GPT-2 folders), as transformers' ``GPT2Tokenizer`` reads them, as an ``HFTokenizer``."""
+    path = folder / "tokenizer.json"
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"{path} is not a tokenizer.json ({e}): pass the folder's own tokenizers file") from None
+        if (vocab := char_vocabulary(data)) is not None:
+            return vocab
+        try:
+            return HFTokenizer(text)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}; pass the folder's own tokenizers file") from None
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        transformers = hf_module("transformers")
+        try:
+            tokenizer = transformers.GPT2TokenizerFast.from_pretrained(folder)
+        except Exception as e:  # transformers and tokenizers raise several types for unreadable files
+            raise ValueError(
+                f"{folder}: transformers' GPT2Tokenizer cannot read its vocab.json and merges.txt "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}): pass GPT-2's own files"
+            ) from None
+        return HFTokenizer(tokenizer.backend_tokenizer.to_str())
+    raise FileNotFoundError(
+        f"{path} does not exist: import-hf needs the folder's tokenizer.json, or GPT-2's vocab.json and merges.txt"
+    )
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -283,7 +319,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def import_hf(folder: str | Path, out: str | Path) -> Path:
-    """Write the lit-nanogpt checkpoint of a local transformers GPT-2 folder and its character tokenizer."""
+    """Write the lit-nanogpt checkpoint of a local transformers GPT-2 folder and its tokenizer (``read_tokenizer``)."""
     folder = Path(folder)
     path = folder / "config.json"
     if not path.is_file():
@@ -306,7 +342,7 @@ def import_hf(folder: str | Path, out: str | Path) -> Path:
     for key, want in settings.items():
         if (value := hf.get(key, want)) != want and not (key == "n_inner" and value is None):
             raise ValueError(f"{path} has {key}={value!r}; lit-nanogpt's GPT has only {key}={want!r}")
-    vocab = read_char_tokenizer(folder / "tokenizer.json")
+    vocab = read_tokenizer(folder)
 
     state = {k.removeprefix("transformer."): v for k, v in _read_weights(folder).items()}
     # Older GPT-2 files also hold attention's mask buffers (attn.bias, attn.masked_bias): not weights.
@@ -318,9 +354,14 @@ def import_hf(folder: str | Path, out: str | Path) -> Path:
     if "transformer.wte.weight" not in state:
         raise ValueError(f"{folder}: its weights have no wte.weight (the token embedding): not a GPT-2 model")
     rows = state["transformer.wte.weight"].shape[0]
-    if len(vocab) != rows:
+    if isinstance(vocab, Vocabulary) and len(vocab) != rows:
         raise ValueError(
             f"{folder}/tokenizer.json lists {len(vocab)} characters but the weights have {rows} token ids: "
+            "pass the tokenizer the model was trained with"
+        )
+    if len(vocab) > rows:  # fewer is a padded vocabulary (nanoGPT pads GPT-2's 50257 to 50304)
+        raise ValueError(
+            f"{folder}: its tokenizer, {vocab.describe()}, has more ids than the weights' {rows} token ids: "
             "pass the tokenizer the model was trained with"
         )
     biases = [k for k in state if k.endswith(".bias")]

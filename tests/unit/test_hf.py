@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -22,8 +23,8 @@ from lit_nanogpt.checkpoint import import_nanogpt, load_model, read_nanogpt_meta
 from lit_nanogpt.commands import main
 from lit_nanogpt.hf import export_hf
 from lit_nanogpt.model import GPT, GPTConfig
-from lit_nanogpt.text import SHIPPED_CORPUS, TiktokenTokenizer, Vocabulary
-from tests.helpers import GPT2_RANKS, NANOGPT_BABY, TINY, error_of, extend
+from lit_nanogpt.text import SHIPPED_CORPUS, HFTokenizer, TiktokenTokenizer, Vocabulary
+from tests.helpers import GPT2_RANKS, NANOGPT_BABY, TINY, cli, error_of, extend
 
 EXPECTED = json.loads((NANOGPT_BABY / "expected.json").read_text())
 # Shakespeare, then what a GPT-2 tokenizer must also get right: non-ASCII text and its end-of-text token.
@@ -230,8 +231,10 @@ def test_bad_hf_folders_give_one_clear_error(baby_hf: tuple[Path, Path], tmp_pat
     tokenizer = json.loads((good / "tokenizer.json").read_text())
     tokenizer["model"]["vocab"] = {c: i for c, i in tokenizer["model"]["vocab"].items() if i < 64}
     assert "lists 64 characters but the weights have 65 token ids" in error(folder("short", tokenizer=tokenizer))
-    bpe = {"model": {"type": "BPE", "vocab": {"ab": 0}, "merges": []}}
-    assert "BPE tokenizers come with --data.tokenizer" in error(folder("bpe", tokenizer=bpe))
+    bpe = {"model": {"type": "BPE", "vocab": {"ab": 0}, "merges": [["a", "b"]]}}  # merges tokens it lacks
+    assert "tokenizer.json: not a tokenizers tokenizer.json (Token `a` out of vocabulary" in error(
+        folder("bpe", tokenizer=bpe)
+    )
     assert "tokenizer.json does not exist" in error(folder("no_tokenizer", drop="tokenizer.json"))
     assert "has no model.safetensors or pytorch_model.bin" in error(folder("no_weights", drop="model.safetensors"))
     assert "config.json does not exist" in error(tmp_path / "nowhere")
@@ -322,3 +325,64 @@ def test_a_gpt2_model_exports_with_gpt2s_own_tokenizer_files(
     our_ids = extend(model, prompt, new, top_k=1)
     assert their_ids.tolist() == our_ids.tolist()
     assert tokenizer.decode(their_ids[0]) == gpt2.decode(our_ids[0])
+
+
+@pytest.mark.parametrize("files", ["tokenizer.json", "vocab.json+merges.txt"])
+def test_import_hf_brings_a_gpt2_folder_back(
+    files: str, gpt2_hf: tuple[Path, Path], gpt2: TiktokenTokenizer, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """The folder comes back with its tokenizer.json, or from GPT-2's older vocab.json and merges.txt alone (which
+    transformers' GPT2Tokenizer also reads), as a tokenizers tokenizer that generates the original's text."""
+    ckpt, exported = gpt2_hf
+    folder = tmp_path / "hf"
+    shutil.copytree(exported, folder)
+    if files != "tokenizer.json":
+        (folder / "tokenizer.json").unlink()
+        tokenizer = GPT2Tokenizer.from_pretrained(folder)
+        want = gpt2.encoding.encode(GPT2_TEXT, allowed_special={"<|endoftext|>"})
+        assert tokenizer.encode(GPT2_TEXT, add_special_tokens=False, verbose=False) == want
+    assert cli(capfd, "import-hf", f"--model={folder}", f"--out={tmp_path / 'back.ckpt'}").returncode == 0
+    model, _ = load_model(ckpt)
+    back, tokenizer = load_model(tmp_path / "back.ckpt")
+    assert isinstance(tokenizer, HFTokenizer) and len(tokenizer) == 50257 and back.config == model.config
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values(), strict=True))
+    assert tokenizer.encode(GPT2_TEXT).tolist() == gpt2.encoding.encode(GPT2_TEXT, allowed_special="all")
+    args = ["--prompt=ROMEO: naïve", "--max_new_tokens=24", "--top_k=1", "--num_samples=1"]  # past the block
+    ours = cli(capfd, "generate", f"--checkpoint={ckpt}", *args)
+    theirs = cli(capfd, "generate", f"--checkpoint={tmp_path / 'back.ckpt'}", *args)
+    assert theirs.returncode == ours.returncode == 0 and theirs.stdout == ours.stdout
+    assert ours.stdout.startswith("ROMEO: naïve") and len(ours.stdout) > len("ROMEO: naïve") + 24
+    if files == "tokenizer.json":  # validate encodes a corpus with the carried tokenizer: tiktoken's ids
+        import numpy as np
+
+        from lit_nanogpt.cli import LitNanoGPTCLI
+        from lit_nanogpt.data import EncodedCorpus, default_cache_dir, split_text
+
+        corpus = tmp_path / "excerpt.txt"
+        corpus.write_text(SHIPPED_CORPUS.read_text()[:4000])
+        args = ["validate", f"--ckpt_path={tmp_path / 'back.ckpt'}", f"--data.data_path={corpus}"]
+        loss = LitNanoGPTCLI(args=[*args, "--trainer.enable_progress_bar=false"]).trainer.callback_metrics["val_loss"]
+        assert 9 < loss.item() < 13  # a random head over 50304 ids: about ln(50304) = 10.8
+        encoded = EncodedCorpus(corpus, default_cache_dir(), given=tokenizer)  # the cache validate wrote
+        val = np.fromfile(encoded.folder / "val.bin", dtype=encoded.dtype)
+        assert val.tolist() == gpt2.encode(split_text(corpus.read_text(), 0.1)[1]).tolist() and len(val) > 100
+
+
+def test_a_tokenizer_larger_than_the_weights_is_refused_in_one_line(
+    baby_hf: tuple[Path, Path], gpt2_hf: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GPT-2's tokenizer (50257 ids) beside the baby model's 65-row embedding, from either of its files."""
+    _, baby = baby_hf
+    _, gpt2_folder = gpt2_hf
+    for files in (("tokenizer.json",), ("vocab.json", "merges.txt")):
+        folder = tmp_path / files[0]
+        shutil.copytree(baby, folder)
+        (folder / "tokenizer.json").unlink()
+        for name in files:
+            shutil.copy(gpt2_folder / name, folder / name)
+        line = error_of(capsys, "import-hf", f"--model={folder}", f"--out={tmp_path / 'out.ckpt'}")
+        assert line.endswith(
+            "its tokenizer, tokenizer.json (50257 tokens), has more ids than the weights' 65 token ids: "
+            "pass the tokenizer the model was trained with"
+        )
+    assert not (tmp_path / "out.ckpt").exists()
