@@ -206,7 +206,7 @@ def import_nanogpt(ckpt_path: str | Path, meta_path: str | Path, out: str | Path
 def write_checkpoint(
     config: GPTConfig,
     state: dict[str, torch.Tensor],
-    vocab: Vocabulary,
+    vocab: Tokenizer,
     out: str | Path,
     misfit: str,
     training: dict[str, Any] | None = None,
@@ -218,7 +218,7 @@ def write_checkpoint(
     Args:
         config: Its architecture.
         state: Its weights under lit-nanogpt's (nanoGPT's) names; they must fit ``config`` exactly.
-        vocab: Its vocabulary.
+        vocab: Its tokenizer, stored as its plain form (``Tokenizer.to_plain``; characters as a str).
         out: Where to write; replaced only once the new file is complete.
         misfit: The error's start when the weights do not fit ``config`` (names the source).
         training: Optimizer settings it was trained with (LitGPT's argument names); the rest keep LitGPT's defaults.
@@ -247,9 +247,11 @@ def write_checkpoint(
         "pytorch-lightning_version": L.__version__,
         "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
         "hyper_parameters": hparams,
-        "vocab": vocab.chars,
+        "vocab": vocab.to_plain(),
         **(extra or {}),
     }
+    if config.vocab_size > len(vocab):  # padded: validate and test would otherwise take the tokenizer's size
+        checkpoint["datamodule_hyper_parameters"] = {"vocab_size": config.vocab_size}
     with atomic_open(out) as f:  # as AtomicCheckpointIO saves
         torch.save(checkpoint, f)
     return out

@@ -67,7 +67,8 @@ def import_hf_command(model: str, out: str) -> None:
 
     Args:
         model: The folder: config.json (model_type gpt2), model.safetensors (or a pytorch_model.bin of
-            plain tensors) and the character tokenizer.json that lit-nanogpt export --format hf writes.
+            plain tensors) and its tokenizer: a tokenizer.json (the character one export --format hf writes,
+            or any tokenizers tokenizer), or GPT-2's vocab.json and merges.txt.
         out: Where to write the lit-nanogpt checkpoint.
     """
     from lit_nanogpt.hf import import_hf

@@ -13,6 +13,13 @@ included, round-trips. It has no unknown token, as the model has no id for one: 
 character outside the vocabulary is refused (tokenizers raises), as lit-nanogpt's ``generate`` and
 nanoGPT's ``sample.py`` refuse it.
 
+GPT-2's own tokenizer (``--data.tokenizer gpt2``, tiktoken's ranks) travels as GPT-2's files: ``vocab.json`` and
+``merges.txt`` derived from the ranks (``gpt2_vocab_merges``), which transformers' ``GPT2Tokenizer`` reads, and the
+``tokenizer.json`` that tokenizers builds from them, with ``<|endoftext|>`` as special token 50256 (bos and eos).
+Coming back, a folder's ``tokenizer.json`` (of any tokenizers model), or else GPT-2's ``vocab.json`` and
+``merges.txt`` as transformers reads them, is carried as an ``HFTokenizer``; the character tokenizer above comes
+back as the ``Vocabulary`` it was.
+
 transformers, tokenizers and safetensors are the ``hf`` extra; only the functions that need them
 import them, and only the commands that use this module import it.
 """
@@ -31,7 +38,7 @@ import torch
 from lit_nanogpt.checkpoint import refuse_options, torch_load, write_checkpoint
 from lit_nanogpt.files import replacing
 from lit_nanogpt.model import GPT, GPTConfig
-from lit_nanogpt.text import HFTokenizer, Tokenizer, Vocabulary
+from lit_nanogpt.text import GPT2_PATTERN, HFTokenizer, TiktokenTokenizer, Tokenizer, Vocabulary
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Our mlp_activation -> transformers' activation_function (ACT2FN): "gelu" is the exact GELU, not
@@ -42,6 +49,14 @@ TOKENIZER_CONFIG = {
     "tokenizer_class": "PreTrainedTokenizerFast",
     "clean_up_tokenization_spaces": False,  # " ," stays " ,": the characters are the text
 }
+# GPT-2's tokenizer as its own files say it (openai-community/gpt2's tokenizer_config.json and special tokens).
+GPT2_TOKENIZER_CONFIG = {"tokenizer_class": "GPT2Tokenizer", "clean_up_tokenization_spaces": False,
+                         "add_prefix_space": False}  # fmt: skip
+ENDOFTEXT = "<|endoftext|>"  # GPT-2's one special token: its bos, eos and unk
+GPT2_MERGES_HEADER = "#version: 0.2"  # merges.txt's first line, as GPT-2's vocab.bpe has it
+# A BPE's round trip in the export's check, beside the tokenizer's first ids and the default prompt: runs of spaces,
+# newlines and a tab, punctuation, composed and combining accents, CJK and a 4-byte emoji.
+PROBES = ("ROMEO:\nBut, soft!", "  what light\n\n\tthrough", " naïve café, e\u0301", " 日本語 😀 ", "end.\n")
 # transformers' fp32 logits may differ from ours by float rounding only (attention kernels, Conv1D's addmm).
 TOLERANCE = 1e-4
 
@@ -69,8 +84,9 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def hf_config(config: GPTConfig) -> dict[str, Any]:
-    """GPT-2's ``config.json`` settings for ``config`` (rotary and QK-norm are refused: GPT-2 has neither)."""
+def hf_config(config: GPTConfig, eos_token_id: int | None = None) -> dict[str, Any]:
+    """GPT-2's ``config.json`` settings for ``config`` (rotary and QK-norm are refused: GPT-2 has neither);
+    ``eos_token_id`` (GPT-2's 50256 with its own tokenizer) is also its bos."""
     refuse_options(config, ("mlp_activation", "tie_weights"), "transformers' GPT-2")
     return dict(
         vocab_size=config.vocab_size,
@@ -85,8 +101,8 @@ def hf_config(config: GPTConfig) -> dict[str, Any]:
         attn_pdrop=config.dropout,
         layer_norm_epsilon=1e-5,
         tie_word_embeddings=config.tie_weights,
-        bos_token_id=None,  # GPT-2's 50256 lies outside a character vocabulary; it has no such token
-        eos_token_id=None,
+        bos_token_id=eos_token_id,  # None for characters: GPT-2's 50256 lies outside the vocabulary
+        eos_token_id=eos_token_id,
         pad_token_id=None,
     )
 
@@ -100,21 +116,87 @@ def char_tokenizer(vocab: Vocabulary) -> Any:
     return tokenizer
 
 
+def gpt2_byte_chars() -> dict[int, str]:
+    """The character each byte is written as in a byte-level BPE's vocab.json and merges.txt.
+
+    GPT-2's table (openai/gpt-2's encoder.py, ``bytes_to_unicode``; tokenizers' ``ByteLevel`` has the same): the
+    188 printable Latin-1 bytes stand for themselves, the other 68 (controls, the space, the soft hyphen) for
+    U+0100 onwards in byte order, so that no token holds a space or a control character.
+    """
+    table = {b: chr(b) for b in (*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100))}
+    rest = [b for b in range(256) if b not in table]
+    return {**table, **{b: chr(0x100 + n) for n, b in enumerate(rest)}}
+
+
+def gpt2_vocab_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """vocab.json's tokens and ids and merges.txt's pairs of the byte-level BPE whose tiktoken ranks are ``ranks``.
+
+    tiktoken's GPT-2 ranks are GPT-2's merges renumbered: the 256 bytes, then the token of merge n as 256 + n (as
+    tiktoken's ``data_gym_to_mergeable_bpe_ranks`` reads vocab.bpe). Going back, every longer token is one merge,
+    taken in rank order, and its pair is what BPE makes of the token's bytes with the lower ranks alone: the
+    recovery tiktoken's maintainers give in openai/tiktoken#60. For GPT-2 that is its 50,000 merges. (transformers'
+    ``TikTokenConverter.extract_vocab_merges_from_model`` lists every two-token split of every token instead,
+    108,299 pairs for GPT-2, and reads the ranks from a file that tiktoken then copies into its cache.)
+    """
+    chars = str.maketrans({chr(b): c for b, c in gpt2_byte_chars().items()})
+
+    def text(token: bytes) -> str:
+        return token.decode("latin-1").translate(chars)
+
+    if missing := [b for b in range(256) if bytes([b]) not in ranks]:
+        raise ValueError(f"the ranks lack {len(missing)} of the 256 bytes (byte {missing[0]}): not a byte-level BPE's")
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        parts = [token[i : i + 1] for i in range(len(token))]
+        while len(parts) > 2:  # BPE with the ranks below this token's: the lowest first, the leftmost of equals
+            found = [(r, i) for i in range(len(parts) - 1) if (r := ranks.get(parts[i] + parts[i + 1], rank)) < rank]
+            if not found:
+                raise ValueError(f"token {token!r} (rank {rank}) is not two lower-ranked tokens: not a BPE's ranks")
+            i = min(found)[1]
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) == 2:
+            merges.append((text(parts[0]), text(parts[1])))
+    return {text(token): rank for token, rank in ranks.items()}, merges
+
+
+def write_gpt2_tokenizer(vocab: TiktokenTokenizer, folder: Path) -> None:
+    """GPT-2's tokenizer files for tiktoken's ``vocab`` in ``folder``: vocab.json and merges.txt (what transformers'
+    ``GPT2Tokenizer`` reads), and the tokenizer.json tokenizers builds from those two files, so one derivation
+    stands behind all three: GPT-2's byte-level pre-tokenizer (its built-in regex is GPT-2's pattern), BPE, the
+    byte-level decoder, and the special tokens (``<|endoftext|>``) under their own ids."""
+    if vocab.pattern != GPT2_PATTERN:
+        raise ValueError(
+            f"export --format hf writes tiktoken's tokenizer with GPT-2's pattern only, not {vocab.pattern[:40]!r}: "
+            "export it to ONNX"
+        )
+    tokens, merges = gpt2_vocab_merges(vocab.mergeable_ranks)
+    tokens.update(vocab.special_tokens)
+    (folder / "vocab.json").write_text(json.dumps(tokens, ensure_ascii=False), encoding="utf-8")
+    lines = [GPT2_MERGES_HEADER, *(f"{left} {right}" for left, right in merges)]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tk = hf_module("tokenizers")
+    tokenizer = tk.Tokenizer(tk.models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
+    tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = tk.decoders.ByteLevel()
+    tokenizer.add_special_tokens([tk.AddedToken(t, special=True, normalized=False) for t in vocab.special_tokens])
+    tokenizer.save(str(folder / "tokenizer.json"))
+
+
 def export_hf(model: GPT, vocab: Tokenizer, out: str | Path) -> float:
     """Write ``model`` and its tokenizer as a transformers GPT-2 folder ``out``; returns the largest difference
     between transformers' logits and ours on one full block.
 
     Characters travel as ``char_tokenizer``; a ``tokenizers`` tokenizer (``--data.tokenizer bpe`` or a
-    tokenizer.json) as its own tokenizer.json; tiktoken's gpt2 is refused (transformers' GPT-2 tokenizer needs
-    vocab.json and merges.txt, which this export does not derive from the ranks yet). The folder is written
-    beside ``out`` and swapped in only once transformers has loaded it (every weight present, none left over),
-    its logits agree within ``TOLERANCE`` and its tokenizer gives our ids and text back.
+    tokenizer.json) as its own tokenizer.json; tiktoken's gpt2 as GPT-2's files (``write_gpt2_tokenizer``). The
+    folder is written beside ``out`` and swapped in only once transformers has loaded it (every weight present,
+    none left over), its logits agree within ``TOLERANCE`` and its tokenizer gives our ids and text back.
     """
-    settings = hf_config(model.config)
-    if not isinstance(vocab, Vocabulary | HFTokenizer):
+    eos = vocab.special_tokens.get(ENDOFTEXT) if isinstance(vocab, TiktokenTokenizer) else None
+    settings = hf_config(model.config, eos)
+    if not isinstance(vocab, Vocabulary | HFTokenizer | TiktokenTokenizer):
         raise ValueError(
-            f"export --format hf takes characters or a tokenizers tokenizer (bpe, a tokenizer.json), not "
-            f"the tokenizer {vocab.describe()}: export it to ONNX, or train with --data.tokenizer bpe"
+            f"export --format hf takes characters, gpt2 or a tokenizers tokenizer (bpe, a tokenizer.json), not "
+            f"the tokenizer {vocab.describe()}: export it to ONNX"
         )
     if len(vocab) > model.config.vocab_size or (isinstance(vocab, Vocabulary) and len(vocab) < model.config.vocab_size):
         raise ValueError(f"the tokenizer has {len(vocab)} ids but the model's vocab_size={model.config.vocab_size}")
@@ -124,11 +206,15 @@ def export_hf(model: GPT, vocab: Tokenizer, out: str | Path) -> float:
     with replacing(Path(out)) as tmp:
         transformers.GPT2Config(**settings).save_pretrained(tmp)
         safetensors_torch.save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer_config: dict[str, Any] = {**TOKENIZER_CONFIG, "model_max_length": model.config.block_size}
         if isinstance(vocab, Vocabulary):
             char_tokenizer(vocab).save(str(tmp / "tokenizer.json"))
+        elif isinstance(vocab, TiktokenTokenizer):
+            write_gpt2_tokenizer(vocab, tmp)
+            specials = dict.fromkeys(("bos_token", "eos_token", "unk_token"), ENDOFTEXT) if eos is not None else {}
+            tokenizer_config = {**GPT2_TOKENIZER_CONFIG, **specials, "model_max_length": model.config.block_size}
         else:
             (tmp / "tokenizer.json").write_text(vocab.json_text, encoding="utf-8")
-        tokenizer_config = {**TOKENIZER_CONFIG, "model_max_length": model.config.block_size}
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
         return _check_folder(tmp, model, vocab)
 
@@ -143,10 +229,11 @@ def _check_folder(folder: Path, model: GPT, vocab: Tokenizer) -> float:
     block = model.config.block_size  # in pieces: longer text draws transformers' warning that the model cannot take it
     if isinstance(vocab, Vocabulary):
         pieces = [vocab.chars[start : start + block] for start in range(0, len(vocab), block)]
-    else:  # the tokenizer's own text of its first ids, and the prompt sampling starts from
+    else:  # the tokenizer's own text of its first ids, the prompt sampling starts from, and what it encodes of PROBES
         pieces = [vocab.decode(list(range(min(len(vocab), 64)))), vocab.default_prompt]
+        pieces += [probe for probe in PROBES if not vocab.unknown(probe)]
     for piece in pieces:
-        ids = tokenizer.encode(piece, add_special_tokens=False)
+        ids = tokenizer.encode(piece, add_special_tokens=False, verbose=False)  # no "longer than the model" warning
         if ids != vocab.encode(piece).tolist() or tokenizer.decode(ids) != vocab.decode(ids):
             raise AssertionError(f"the exported tokenizer does not give lit-nanogpt's ids and text for {piece!r}")
     generator = torch.Generator().manual_seed(0)
@@ -162,26 +249,59 @@ def _check_folder(folder: Path, model: GPT, vocab: Tokenizer) -> float:
     return diff
 
 
-def read_char_tokenizer(path: Path) -> Vocabulary:
-    """The character vocabulary of a ``tokenizer.json`` that ``export --format hf`` wrote, read as JSON."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: import-hf needs the folder's tokenizer.json (its character vocabulary)"
-        )
-    try:
-        model = json.loads(path.read_text(encoding="utf-8")).get("model") or {}
-    except (ValueError, AttributeError) as e:
-        raise ValueError(f"{path} is not a tokenizer.json ({e}): use the one export --format hf writes") from None
-    kind, vocab = model.get("type"), model.get("vocab")
-    if kind != "WordLevel" or not isinstance(vocab, dict) or not all(isinstance(t, str) and len(t) == 1 for t in vocab):
-        raise ValueError(
-            f"{path} is a {kind} tokenizer, not a character vocabulary: import-hf takes the character tokenizer "
-            "that lit-nanogpt export --format hf writes; BPE tokenizers come with --data.tokenizer"
-        )
+def char_vocabulary(data: Any) -> Vocabulary | None:
+    """The ``Vocabulary`` of a parsed tokenizer.json that is ``char_tokenizer``'s (a word-level model of single
+    characters with their sorted order as ids, split into characters and fused back); None for any other."""
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "WordLevel" or data.get("normalizer") is not None:
+        return None
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict):
+        return None
+    kinds = [
+        part.get("type") if isinstance(part, dict) else None
+        for part in (data.get("pre_tokenizer"), data.get("decoder"))
+    ]
+    if kinds != ["Split", "Fuse"]:
+        return None
+    if not all(isinstance(t, str) and len(t) == 1 for t in vocab):
+        return None
     chars = "".join(sorted(vocab, key=lambda c: vocab[c]))
-    if sorted(vocab.values()) != list(range(len(vocab))) or chars != "".join(sorted(chars)):
-        raise ValueError(f"{path}: its ids are not the characters' sorted order 0..{len(vocab) - 1}, as lit-nanogpt's")
+    if not chars or sorted(vocab.values()) != list(range(len(vocab))) or chars != "".join(sorted(chars)):
+        return None
     return Vocabulary(chars)
+
+
+def read_tokenizer(folder: Path) -> Tokenizer:
+    """The tokenizer of a transformers folder: its ``tokenizer.json`` (the character tokenizer ``export --format hf``
+    writes comes back as that ``Vocabulary``, any other as an ``HFTokenizer``), else GPT-2's ``vocab.json`` and
+    ``merges.txt`` (older GPT-2 folders), as transformers' ``GPT2Tokenizer`` reads them, as an ``HFTokenizer``."""
+    path = folder / "tokenizer.json"
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"{path} is not a tokenizer.json ({e}): pass the folder's own tokenizers file") from None
+        if (vocab := char_vocabulary(data)) is not None:
+            return vocab
+        try:
+            return HFTokenizer(text)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}; pass the folder's own tokenizers file") from None
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        transformers = hf_module("transformers")
+        try:
+            tokenizer = transformers.GPT2TokenizerFast.from_pretrained(folder)
+        except Exception as e:  # transformers and tokenizers raise several types for unreadable files
+            raise ValueError(
+                f"{folder}: transformers' GPT2Tokenizer cannot read its vocab.json and merges.txt "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}): pass GPT-2's own files"
+            ) from None
+        return HFTokenizer(tokenizer.backend_tokenizer.to_str())
+    raise FileNotFoundError(
+        f"{path} does not exist: import-hf needs the folder's tokenizer.json, or GPT-2's vocab.json and merges.txt"
+    )
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -199,7 +319,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def import_hf(folder: str | Path, out: str | Path) -> Path:
-    """Write the lit-nanogpt checkpoint of a local transformers GPT-2 folder and its character tokenizer."""
+    """Write the lit-nanogpt checkpoint of a local transformers GPT-2 folder and its tokenizer (``read_tokenizer``)."""
     folder = Path(folder)
     path = folder / "config.json"
     if not path.is_file():
@@ -222,7 +342,7 @@ def import_hf(folder: str | Path, out: str | Path) -> Path:
     for key, want in settings.items():
         if (value := hf.get(key, want)) != want and not (key == "n_inner" and value is None):
             raise ValueError(f"{path} has {key}={value!r}; lit-nanogpt's GPT has only {key}={want!r}")
-    vocab = read_char_tokenizer(folder / "tokenizer.json")
+    vocab = read_tokenizer(folder)
 
     state = {k.removeprefix("transformer."): v for k, v in _read_weights(folder).items()}
     # Older GPT-2 files also hold attention's mask buffers (attn.bias, attn.masked_bias): not weights.
@@ -234,9 +354,14 @@ def import_hf(folder: str | Path, out: str | Path) -> Path:
     if "transformer.wte.weight" not in state:
         raise ValueError(f"{folder}: its weights have no wte.weight (the token embedding): not a GPT-2 model")
     rows = state["transformer.wte.weight"].shape[0]
-    if len(vocab) != rows:
+    if isinstance(vocab, Vocabulary) and len(vocab) != rows:
         raise ValueError(
             f"{folder}/tokenizer.json lists {len(vocab)} characters but the weights have {rows} token ids: "
+            "pass the tokenizer the model was trained with"
+        )
+    if len(vocab) > rows:  # fewer is a padded vocabulary (nanoGPT pads GPT-2's 50257 to 50304)
+        raise ValueError(
+            f"{folder}: its tokenizer, {vocab.describe()}, has more ids than the weights' {rows} token ids: "
             "pass the tokenizer the model was trained with"
         )
     biases = [k for k in state if k.endswith(".bias")]

@@ -192,6 +192,7 @@ class TiktokenTokenizer(Tokenizer):
                 mergeable[base64.b64decode(token)] = int(rank)
             except ValueError:
                 raise ValueError(f"line {n + 1} of the GPT-2 ranks is {line[:40]!r}, not 'BASE64 RANK'") from None
+        self.mergeable_ranks: dict[bytes, int] = mergeable  # each token's bytes and id, the specials aside
         n_vocab = max([*mergeable.values(), *self.special_tokens.values()]) + 1
         self.encoding = tiktoken.Encoding(
             name="gpt2", pat_str=pattern, mergeable_ranks=mergeable, special_tokens=self.special_tokens,

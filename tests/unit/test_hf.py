@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -16,16 +17,18 @@ from pathlib import Path, PurePosixPath
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Tokenizer
 
 from lit_nanogpt.checkpoint import import_nanogpt, load_model, read_nanogpt_meta, torch_load, write_checkpoint
 from lit_nanogpt.commands import main
 from lit_nanogpt.hf import export_hf
 from lit_nanogpt.model import GPT, GPTConfig
-from lit_nanogpt.text import Vocabulary
-from tests.helpers import GPT2_RANKS, NANOGPT_BABY, TINY, error_of, extend
+from lit_nanogpt.text import SHIPPED_CORPUS, HFTokenizer, TiktokenTokenizer, Vocabulary
+from tests.helpers import GPT2_RANKS, NANOGPT_BABY, TINY, cli, error_of, extend
 
 EXPECTED = json.loads((NANOGPT_BABY / "expected.json").read_text())
+# Shakespeare, then what a GPT-2 tokenizer must also get right: non-ASCII text and its end-of-text token.
+GPT2_TEXT = SHIPPED_CORPUS.read_text()[:600] + " naïve café — 日本語 😀 e\u0301\n\n<|endoftext|>ROMEO:"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,6 +45,22 @@ def baby_hf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """nanoGPT's baby checkpoint imported, and its ``export --format hf`` folder: (checkpoint, folder)."""
     tmp = tmp_path_factory.mktemp("baby_hf")
     ckpt = import_nanogpt(NANOGPT_BABY / "ckpt.pt", NANOGPT_BABY / "meta.pkl", tmp / "baby.ckpt")
+    assert main(["export", "--format=hf", f"--checkpoint={ckpt}", f"--out={tmp / 'hf'}"]) == 0
+    return ckpt, tmp / "hf"
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> TiktokenTokenizer:
+    return TiktokenTokenizer.load(GPT2_RANKS)
+
+
+@pytest.fixture(scope="module")
+def gpt2_hf(tmp_path_factory: pytest.TempPathFactory, gpt2: TiktokenTokenizer) -> tuple[Path, Path]:
+    """A tiny model over GPT-2's tokenizer (tiktoken's, padded to 50304 as nanoGPT pads it) as a checkpoint, and
+    its ``export --format hf`` folder: (checkpoint, folder)."""
+    tmp = tmp_path_factory.mktemp("gpt2_hf")
+    model = _tiny(5, vocab_size=50304)
+    ckpt = write_checkpoint(model.config, model.state_dict(), gpt2, tmp / "gpt2.ckpt", "unused")
     assert main(["export", "--format=hf", f"--checkpoint={ckpt}", f"--out={tmp / 'hf'}"]) == 0
     return ckpt, tmp / "hf"
 
@@ -212,8 +231,10 @@ def test_bad_hf_folders_give_one_clear_error(baby_hf: tuple[Path, Path], tmp_pat
     tokenizer = json.loads((good / "tokenizer.json").read_text())
     tokenizer["model"]["vocab"] = {c: i for c, i in tokenizer["model"]["vocab"].items() if i < 64}
     assert "lists 64 characters but the weights have 65 token ids" in error(folder("short", tokenizer=tokenizer))
-    bpe = {"model": {"type": "BPE", "vocab": {"ab": 0}, "merges": []}}
-    assert "BPE tokenizers come with --data.tokenizer" in error(folder("bpe", tokenizer=bpe))
+    bpe = {"model": {"type": "BPE", "vocab": {"ab": 0}, "merges": [["a", "b"]]}}  # merges tokens it lacks
+    assert "tokenizer.json: not a tokenizers tokenizer.json (Token `a` out of vocabulary" in error(
+        folder("bpe", tokenizer=bpe)
+    )
     assert "tokenizer.json does not exist" in error(folder("no_tokenizer", drop="tokenizer.json"))
     assert "has no model.safetensors or pytorch_model.bin" in error(folder("no_weights", drop="model.safetensors"))
     assert "config.json does not exist" in error(tmp_path / "nowhere")
@@ -255,8 +276,8 @@ def test_without_the_hf_extra_the_commands_say_which_to_install(
     assert not (tmp_path / "x.ckpt").exists() and not (tmp_path / "hf").exists()
 
 
-def test_a_bpe_model_exports_with_its_own_tokenizer_and_gpt2_is_refused(tmp_path: Path) -> None:
-    from lit_nanogpt.text import SHIPPED_CORPUS, TiktokenTokenizer, train_bpe
+def test_a_bpe_model_exports_with_its_own_tokenizer(tmp_path: Path) -> None:
+    from lit_nanogpt.text import train_bpe
 
     text = SHIPPED_CORPUS.read_text()[:20_000]
     bpe = train_bpe(iter([text]), vocab_size=300)
@@ -272,7 +293,96 @@ def test_a_bpe_model_exports_with_its_own_tokenizer_and_gpt2_is_refused(tmp_path
     with torch.no_grad():
         torch.testing.assert_close(theirs(ids).logits, model(ids, ids)[0], atol=1e-5, rtol=0)
 
-    gpt2 = TiktokenTokenizer.load(GPT2_RANKS)
-    with pytest.raises(ValueError, match="not the tokenizer gpt2 .*export it to ONNX"):
-        export_hf(_tiny(3, vocab_size=50304), gpt2, tmp_path / "gpt2")
-    assert not (tmp_path / "gpt2").exists()
+
+def test_a_gpt2_model_exports_with_gpt2s_own_tokenizer_files(
+    gpt2_hf: tuple[Path, Path], gpt2: TiktokenTokenizer
+) -> None:
+    """tiktoken's ranks become GPT-2's vocab.json, merges.txt and tokenizer.json: both of transformers' ways in
+    give tiktoken's ids and text (the end-of-text token as GPT-2's special 50256), and its model our tokens."""
+    ckpt, folder = gpt2_hf
+    model, _ = load_model(ckpt)
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["vocab_size"], config["bos_token_id"], config["eos_token_id"]) == (50304, 50256, 50256)
+    merges = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+    assert merges[:4] == ["#version: 0.2", "Ġ t", "Ġ a", "h e"] and len(merges) == 1 + 50_000  # GPT-2's merges
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    assert len(vocab) == 50257 and (vocab["Ġthe"], vocab["<|endoftext|>"]) == (262, 50256)
+
+    want = gpt2.encoding.encode(GPT2_TEXT, allowed_special={"<|endoftext|>"})
+    assert want[-4:] == [50256, *gpt2.encode("ROMEO:").tolist()]
+    for tokenizer in (AutoTokenizer.from_pretrained(folder), GPT2Tokenizer.from_pretrained(folder)):
+        assert tokenizer.encode(GPT2_TEXT, add_special_tokens=False, verbose=False) == want
+        assert tokenizer.decode(want) == gpt2.decode(want) == GPT2_TEXT
+        assert tokenizer.bos_token_id == tokenizer.eos_token_id == 50256
+
+    theirs = AutoModelForCausalLM.from_pretrained(folder).eval()
+    idx = torch.tensor([want[: TINY["block_size"]]])  # (1, T)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(idx).logits, model(idx, idx)[0], atol=1e-5, rtol=0)
+    prompt = torch.tensor([gpt2.encode("ROMEO:").tolist()])  # (1, T)
+    new = TINY["block_size"] - prompt.shape[1]
+    their_ids = theirs.generate(prompt, max_new_tokens=new, do_sample=False, attention_mask=torch.ones_like(prompt))
+    our_ids = extend(model, prompt, new, top_k=1)
+    assert their_ids.tolist() == our_ids.tolist()
+    assert tokenizer.decode(their_ids[0]) == gpt2.decode(our_ids[0])
+
+
+@pytest.mark.parametrize("files", ["tokenizer.json", "vocab.json+merges.txt"])
+def test_import_hf_brings_a_gpt2_folder_back(
+    files: str, gpt2_hf: tuple[Path, Path], gpt2: TiktokenTokenizer, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """The folder comes back with its tokenizer.json, or from GPT-2's older vocab.json and merges.txt alone (which
+    transformers' GPT2Tokenizer also reads), as a tokenizers tokenizer that generates the original's text."""
+    ckpt, exported = gpt2_hf
+    folder = tmp_path / "hf"
+    shutil.copytree(exported, folder)
+    if files != "tokenizer.json":
+        (folder / "tokenizer.json").unlink()
+        tokenizer = GPT2Tokenizer.from_pretrained(folder)
+        want = gpt2.encoding.encode(GPT2_TEXT, allowed_special={"<|endoftext|>"})
+        assert tokenizer.encode(GPT2_TEXT, add_special_tokens=False, verbose=False) == want
+    assert cli(capfd, "import-hf", f"--model={folder}", f"--out={tmp_path / 'back.ckpt'}").returncode == 0
+    model, _ = load_model(ckpt)
+    back, tokenizer = load_model(tmp_path / "back.ckpt")
+    assert isinstance(tokenizer, HFTokenizer) and len(tokenizer) == 50257 and back.config == model.config
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values(), strict=True))
+    assert tokenizer.encode(GPT2_TEXT).tolist() == gpt2.encoding.encode(GPT2_TEXT, allowed_special="all")
+    args = ["--prompt=ROMEO: naïve", "--max_new_tokens=24", "--top_k=1", "--num_samples=1"]  # past the block
+    ours = cli(capfd, "generate", f"--checkpoint={ckpt}", *args)
+    theirs = cli(capfd, "generate", f"--checkpoint={tmp_path / 'back.ckpt'}", *args)
+    assert theirs.returncode == ours.returncode == 0 and theirs.stdout == ours.stdout
+    assert ours.stdout.startswith("ROMEO: naïve") and len(ours.stdout) > len("ROMEO: naïve") + 24
+    if files == "tokenizer.json":  # validate encodes a corpus with the carried tokenizer: tiktoken's ids
+        import numpy as np
+
+        from lit_nanogpt.cli import LitNanoGPTCLI
+        from lit_nanogpt.data import EncodedCorpus, default_cache_dir, split_text
+
+        corpus = tmp_path / "excerpt.txt"
+        corpus.write_text(SHIPPED_CORPUS.read_text()[:4000])
+        args = ["validate", f"--ckpt_path={tmp_path / 'back.ckpt'}", f"--data.data_path={corpus}"]
+        loss = LitNanoGPTCLI(args=[*args, "--trainer.enable_progress_bar=false"]).trainer.callback_metrics["val_loss"]
+        assert 9 < loss.item() < 13  # a random head over 50304 ids: about ln(50304) = 10.8
+        encoded = EncodedCorpus(corpus, default_cache_dir(), given=tokenizer)  # the cache validate wrote
+        val = np.fromfile(encoded.folder / "val.bin", dtype=encoded.dtype)
+        assert val.tolist() == gpt2.encode(split_text(corpus.read_text(), 0.1)[1]).tolist() and len(val) > 100
+
+
+def test_a_tokenizer_larger_than_the_weights_is_refused_in_one_line(
+    baby_hf: tuple[Path, Path], gpt2_hf: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GPT-2's tokenizer (50257 ids) beside the baby model's 65-row embedding, from either of its files."""
+    _, baby = baby_hf
+    _, gpt2_folder = gpt2_hf
+    for files in (("tokenizer.json",), ("vocab.json", "merges.txt")):
+        folder = tmp_path / files[0]
+        shutil.copytree(baby, folder)
+        (folder / "tokenizer.json").unlink()
+        for name in files:
+            shutil.copy(gpt2_folder / name, folder / name)
+        line = error_of(capsys, "import-hf", f"--model={folder}", f"--out={tmp_path / 'out.ckpt'}")
+        assert line.endswith(
+            "its tokenizer, tokenizer.json (50257 tokens), has more ids than the weights' 65 token ids: "
+            "pass the tokenizer the model was trained with"
+        )
+    assert not (tmp_path / "out.ckpt").exists()
