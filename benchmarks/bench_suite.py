@@ -9,7 +9,8 @@ Each arm runs ``python -m pytest -q -p no:cacheprovider`` in its own tree with i
 ``pyproject.toml`` spreads the files over pytest-xdist's workers; the old one runs them one at a time), W&B
 offline and lit-nanogpt's cache in a fresh temporary folder. ``--serial`` adds this tree with ``-n 0``: the
 same tests one at a time, so what the structure saved and what the workers saved read apart. Reported: wall
-time of each run, pytest's own count and time, medians and per-round ratios against ``old``.
+time of each run, pytest's own count and time, medians and per-round ratios against ``old``; each run's output
+(with its 20 slowest tests) is kept in a temporary folder the script names.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from harness import HERE, Checkout, alternate, format_list, machine_info, machin
 SUMMARY = re.compile(r"^=*\s*(\d+) passed(?:, (\d+) skipped)?.* in ([\d.]+)s", re.M)
 
 
-def run_suite(tree: Checkout, *options: str) -> dict:
+def run_suite(tree: Checkout, log: Path, *options: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_suite.") as tmp:
         env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": tmp, "LIT_NANOGPT_CACHE": f"{tmp}/cache"}
         env.pop("PYTEST_ADDOPTS", None)
-        cmd = [tree.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options]
-        done = run_process(cmd, env=env, cwd=tree.root)  # a failing suite stops the benchmark, naming it
+        cmd = [tree.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=20", *options]
+        print(f"  {' '.join(cmd)} (in {tree.root}; output in {log})", flush=True)
+        done = run_process(cmd, env=env, cwd=tree.root, log=log)  # a failing suite stops the benchmark, naming it
     summary = SUMMARY.search(done.stdout)
     if summary is None:
         raise SystemExit(f"{' '.join(cmd)} printed no pytest summary:\n{done.stdout[-2000:]}")
@@ -48,9 +50,13 @@ def main() -> None:
     args = parser.parse_args()
     old = old_checkout(args.old)
     print(machine_line(), flush=True)
-    arms = {"old": lambda i: run_suite(old), "new": lambda i: run_suite(HERE)}
+    logs = Path(tempfile.mkdtemp(prefix="bench_suite_logs."))
+    arms = {
+        "old": lambda i: run_suite(old, logs / f"old.{i}.log"),
+        "new": lambda i: run_suite(HERE, logs / f"new.{i}.log"),
+    }
     if args.serial:
-        arms["new -n 0"] = lambda i: run_suite(HERE, "-n", "0")
+        arms["new -n 0"] = lambda i: run_suite(HERE, logs / f"serial.{i}.log", "-n", "0")
     results = alternate(arms, args.rounds, show=lambda arm, r: f"{r['seconds']:.0f} s ({r['passed']} passed)")
     summary = {}
     for arm in arms:
