@@ -187,10 +187,14 @@ def test_signal_stops_at_a_step_saves_last_and_resumes_exactly(
     args = fit_args(tmp_path, callbacks_config, STEPS)
     proc = start_fit(args)
     wait_for(last, proc)
-    # One run, one folder: a second fit into it while the first runs is refused, and changes nothing there.
+    # One run, one folder: a second fit into it while the first runs is refused, and changes nothing there. The
+    # first is held (SIGSTOP) meanwhile: a tiny fit could otherwise end before the second one looks, on a loaded
+    # machine; the signal waits for SIGCONT, as one that comes mid-step waits for the step's end.
+    proc.send_signal(signal.SIGSTOP)
     assert main(args) == 1
     assert f"another fit (pid {proc.pid}) is running in {tmp_path}" in capsys.readouterr().err
     proc.send_signal(signum)
+    proc.send_signal(signal.SIGCONT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, stderr
     (line,) = [ln for ln in stderr.splitlines() if ln.startswith("lit-nanogpt: stopped")]
