@@ -14,15 +14,17 @@ top_k 200 (sample.py's defaults), seed 1337.
 
 - ``cli``: the real ``python -m lit_nanogpt generate`` in a process of its own, the tokens/s it prints
   (generation alone) and its ``Loaded ... in S s`` line: ``--checkpoint`` (PyTorch, KV cache, fp32),
-  ``--onnx DIR`` (onnxruntime fp32) and ``--onnx DIR --int8 true``; each alternated with nanoGPT's method
-  (sample.py's loop, written here against our ``GPT``: no cache, the whole context cropped to
-  block_size forwarded again per token, fp32 eager, in this process, the model warmed beforehand);
+  ``--onnx DIR`` (onnxruntime fp32; also with ``--threads 2``, spinning) and ``--onnx DIR --int8 true``; each
+  alternated with nanoGPT's method (sample.py's loop, written here against our ``GPT``: no cache, the whole
+  context cropped to block_size forwarded again per token, fp32 eager, in this process, the model warmed
+  beforehand);
   and, in the same rounds, the machine's memory limit (``memory_limit``: one matrix-vector product over the
   model's fp32 weight bytes, numpy and torch, best of 30: a decode step reads every weight once); medians,
   per-round ratios, each path as a fraction of the limit and issue 19's targets (checkpoint >= 40%, ONNX
   fp32 >= 60%, int8 >= 1.5x fp32). nanoGPT's ratio is reported, not targeted.
 - ``speed``: in this process, alternating, every round: ``GPT.generate`` without and with the KV
-  cache (2 torch threads and 1), the export opened with ``open_export`` in fp32 and int8, and past
+  cache (2 torch threads and 1), the export opened with ``open_export`` in fp32 (also on 2 spinning threads,
+  ``generate --threads 2``) and int8, the memory limit (each path as a fraction of it, per round), and past
   block_size the ``half`` window; best and median tokens/s. Then one full-window forward of the
   exported graphs, the export's time (fp32 only, and with int8), graph sizes and parity.
 - ``quality``: nanoGPT's baby model (tests/fixtures/nanogpt_baby, trained, block 64): loss over every
@@ -64,6 +66,7 @@ PROMPT, SEED, TEMPERATURE, TOP_K = "ROMEO:", 1337, 0.8, 200
 VARIANTS = {
     "pytorch_cache_fp32": (["--checkpoint", "{ckpt}"], 0.4),
     "onnx_fp32": (["--onnx", "{onnx}", "--backend", "cpu"], 0.6),
+    "onnx_fp32_2_threads": (["--onnx", "{onnx}", "--backend", "cpu", "--threads", "2"], 0.6),
     "onnx_int8": (["--onnx", "{onnx}", "--int8", "true"], None),
 }
 TOKENS_LINE = re.compile(r"^(\d+) tokens in [\d.]+ s \(([\d.]+) tokens/s\)$", re.M)
@@ -213,6 +216,7 @@ def bench_speed(work: Path, args: argparse.Namespace) -> dict:
     print(f"export: {export_fp32_s:.1f} s fp32 graphs only, {export_s:.1f} s with int8", flush=True)
     idx = prompt_ids(vocab)
     fp32, _ = open_export(work / "export", backend="cpu")
+    fp32_2, _ = open_export(work / "export", backend="cpu", threads=2)  # generate --threads 2: spinning threads
     int8, _ = open_export(work / "export", int8=True, backend="cpu")
     ids = idx.tolist()
     torch_backend = TorchBackend(model)
@@ -220,7 +224,8 @@ def bench_speed(work: Path, args: argparse.Namespace) -> dict:
     def run(backend: Backend, n: int, **options: Any) -> list[list[int]]:
         return generate(backend, ids, n, Sampler(TEMPERATURE, TOP_K), **options)
 
-    run(fp32, 2), run(int8, 2)  # open the sessions outside the timing
+    run(fp32, 2), run(fp32_2, 2), run(int8, 2)  # open the sessions outside the timing
+    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
     out: dict = {"params": model.get_num_params(), "export_s": export_s, "export_fp32_s": export_fp32_s,
                  "sizes": {name: (work / "export" / name).stat().st_size for name in manifest.files},
                  "max_abs_diff": manifest.max_abs_diff, "tokens_per_s": {}}  # fmt: skip
@@ -229,6 +234,7 @@ def bench_speed(work: Path, args: argparse.Namespace) -> dict:
             "eager_recompute": lambda n=n: run(torch_backend, n, use_cache=False),
             "eager_cache": lambda n=n: run(torch_backend, n),
             "onnx_fp32_cache": lambda n=n: run(fp32, n),
+            "onnx_fp32_cache_2_threads": lambda n=n: run(fp32_2, n),
             "onnx_int8_cache": lambda n=n: run(int8, n),
             "eager_recompute_1thread": with_threads(1, lambda n=n: run(torch_backend, n, use_cache=False)),
             "eager_cache_1thread": with_threads(1, lambda n=n: run(torch_backend, n)),
@@ -244,11 +250,18 @@ def bench_speed(work: Path, args: argparse.Namespace) -> dict:
             return n / (time.perf_counter() - start)
 
         arms = {name: lambda i, fn=fn: rate(fn) for name, fn in paths.items()}
+        arms["memory_limit"] = lambda i: memory_limit(weight_bytes)["tokens_per_s"]  # in the same rounds
         results = alternate(arms, args.repeats, show=lambda name, r, n=n: f"{n} tokens {r:8.1f} tokens/s")
-        for name in paths:
+        for name in arms:
             best, median = results.best(name), results.median(name)
             out["tokens_per_s"][f"{name}@{n}"] = {"best": best, "median": median, "rounds": results.values(name)}
-            print(f"{n:4d} tokens  {name:30s} best {best:8.1f}  median {median:8.1f} tokens/s", flush=True)
+            fraction = results.ratio(name, "memory_limit")
+            out["tokens_per_s"][f"{name}@{n}"]["fraction_of_limit"] = fraction
+            print(
+                f"{n:4d} tokens  {name:30s} best {best:8.1f}  median {median:8.1f} tokens/s, {fraction:4.0%} of the "
+                f"memory limit (per round {format_list(results.ratios(name, 'memory_limit'))})",
+                flush=True,
+            )
     # Past block_size, exact semantics cost one full-window forward per token:
     ctx = np.zeros((1, block), dtype=np.int64)
     timed = {}

@@ -46,6 +46,7 @@ def generate(
     window: Literal["exact", "half"] = "exact",
     backend: Literal["auto", "cpu", "cann", "om"] = "auto",
     cache: Literal["auto", "dynamic", "static"] = "auto",
+    threads: int | None = None,
     **sampling: Any,
 ) -> None:
     """Sample from a lit-nanogpt checkpoint or export folder and print each sample as nanoGPT's sample.py does.
@@ -68,14 +69,20 @@ def generate(
         cache: With ``onnx``: ``dynamic`` (prefill/decode graphs, a cache that grows), ``static`` (the
             fixed-shape prefill_static/decode_static pair that atc and the CANN provider compile once)
             or ``auto`` (static on Ascend, dynamic on CPU). Same tokens either way.
+        threads: With ``onnx`` on the CPU: onnxruntime's threads for every graph, spin-waiting between ops
+            when more than one. Default one thread for each token, one per core for whole windows, none
+            spinning: steady on a busy CPU. On an idle one, ``--threads 2`` decoded 1.34x faster on 2 cores
+            (BENCHMARKS.md); on a busy one spinning threads halve the speed.
         sampling: ``SamplingSettings``' fields, given flat: ``--max_new_tokens``, ``--temperature``,
             ``--top_k``, ``--num_samples``.
     """
     settings = SamplingSettings(**sampling)
     if (checkpoint is None) == (onnx is None):
         raise ValueError("pass exactly one of --checkpoint CKPT (PyTorch) and --onnx EXPORT_DIR (onnxruntime)")
-    if onnx is None and (int8 or backend != "auto" or cache != "auto"):
-        raise ValueError("--int8, --backend and --cache apply to --onnx EXPORT_DIR only")
+    if onnx is None and (int8 or backend != "auto" or cache != "auto" or threads is not None):
+        raise ValueError("--int8, --backend, --cache and --threads apply to --onnx EXPORT_DIR only")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads {threads}: give at least 1, or leave it unset")
     if prompt is not None and prompt.startswith("FILE:"):
         prompt, _ = read_corpus(Path(prompt[5:]), what="prompt file")
     start = time.perf_counter()
@@ -83,7 +90,7 @@ def generate(
     if onnx is not None:
         from lit_nanogpt.export.onnxrt import open_export
 
-        runner, _ = open_export(onnx, int8=int8, backend=backend, cache=cache)
+        runner, _ = open_export(onnx, int8=int8, backend=backend, cache=cache, threads=threads)
         vocab = runner.vocab
     else:
         assert checkpoint is not None  # exactly one of the two, checked above

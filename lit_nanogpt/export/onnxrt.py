@@ -36,16 +36,16 @@ CACHES = ("auto", "dynamic", "static")
 _GRAPHS = {"dynamic": ("full", "prefill", "decode"), "static": STATIC_GRAPHS, "none": ("full",)}
 
 
-def _session(path: Path, threads: int | None):
+def _session(path: Path, threads: int | None, spin: bool = False):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
-    # Spinning worker threads wait for work by burning a core; on a shared or busy CPU that halves
-    # the speed of batch-1 decoding (measured in BENCHMARKS.md).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Spinning worker threads wait for the next op by burning a core: on an idle CPU that makes 2-thread
+    # decoding 1.25x faster, on a shared or busy one it halves its speed (BENCHMARKS.md), so only when asked.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -69,7 +69,9 @@ class ExportedGPT:
         Args:
             folder: An export folder (``manifest.json`` and its graphs).
             int8: Use the int8-weight graphs (``*.int8.onnx``).
-            threads: onnxruntime intra-op threads; default one for decode, one per core for the others.
+            threads: onnxruntime intra-op threads for every graph, spin-waiting between ops when more than
+                one (onnxruntime's own default: fastest on an idle CPU, slowest on a busy one); default one for
+                decode and one per core for the others, none spinning.
             manifest: ``Manifest.read(folder)`` when the caller has it already (it hashes every file).
             cache: ``dynamic`` (``prefill``/``decode``, and ``full`` past block_size), ``static``
                 (``prefill_static``/``decode_static``, every shape fixed) or ``none`` (``full`` alone).
@@ -128,7 +130,7 @@ class ExportedGPT:
                 if graph not in self._sessions:
                     # One token's matmuls are too small to split across threads with any gain.
                     threads = self._threads or (1 if graph.startswith("decode") else None)
-                    self._sessions[graph] = _session(self._files[graph], threads)
+                    self._sessions[graph] = _session(self._files[graph], threads, spin=(self._threads or 1) > 1)
         return self._sessions[graph].run(None, feeds)
 
     # ---- the backend ----
@@ -234,7 +236,12 @@ class ExportedGPT:
 
 
 def open_export(
-    folder: str | Path, int8: bool = False, backend: str = "auto", cache: str = "auto", max_batch: int = 1
+    folder: str | Path,
+    int8: bool = False,
+    backend: str = "auto",
+    cache: str = "auto",
+    max_batch: int = 1,
+    threads: int | None = None,
 ) -> tuple[ExportedGPT, str]:
     """The export in ``folder`` on the best backend installed, and that backend's name.
 
@@ -242,7 +249,8 @@ def open_export(
     the ``.om`` through ais_bench, else onnxruntime's CANN execution provider), else onnxruntime on CPU;
     with ``int8`` it is the CPU (the int8 graphs are CPU-only). ``cache="auto"`` is ``static`` on the
     Ascend backends (fixed shapes: one compiled model per graph) and ``dynamic`` on the CPU.
-    ``max_batch`` rows are held at once, at most the static pair's batch where it runs.
+    ``max_batch`` rows are held at once, at most the static pair's batch where it runs. ``threads``: onnxruntime's
+    on the CPU (``ExportedGPT``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
@@ -260,4 +268,4 @@ def open_export(
             exported = ExportedGPT(folder, manifest=manifest, cache=on.cache, runners=on.runners, max_batch=max_batch)
             return exported, on.name
     cache = "dynamic" if cache == "auto" else cache
-    return ExportedGPT(folder, int8, manifest=manifest, cache=cache, max_batch=max_batch), "cpu"
+    return ExportedGPT(folder, int8, threads, manifest=manifest, cache=cache, max_batch=max_batch), "cpu"

@@ -112,7 +112,17 @@ def test_every_backend_gives_pytorchs_greedy_and_seeded_tokens(exported: tuple[G
     for sampler in (lambda: Sampler(0.0), lambda: Sampler(0.8, 20, generator=torch.Generator().manual_seed(3))):
         results = {name: generate(make(2), prompts, 30, sampler())
                    for name, make in backends(model, folder).items()}  # fmt: skip
-        assert results["onnx"] == results["torch"] == results["onnx_static"]
+        two = ExportedGPT(folder, threads=2, max_batch=2)  # every graph on 2 spinning threads (generate --threads 2)
+        results["onnx_2_threads"] = generate(two, prompts, 30, sampler())
+        assert results["onnx"] == results["torch"] == results["onnx_static"] == results["onnx_2_threads"]
+    options = two._sessions["decode"].get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    default = ExportedGPT(folder)
+    generate(default, prompts[:1], 2, Sampler(0.0))
+    options = default._sessions["decode"].get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_slots_are_taken_and_given_back(exported: tuple[GPT, Path]) -> None:

@@ -662,7 +662,9 @@ def test_cli_export_then_generate_with_onnx(
         (["--onnx", "NOPE"], "export folder NOPE does not exist"),
         (["--onnx", "EXPORT", "--prompt", "ROMEO€"], "not in the model's vocabulary: '€'"),
         (["--onnx", "EXPORT", "--int8", "true"], "no full_int8, prefill_int8, decode_int8 graph"),
-        (["--checkpoint", "X", "--cache", "static"], "--int8, --backend and --cache apply to --onnx"),
+        (["--checkpoint", "X", "--cache", "static"], "--int8, --backend, --cache and --threads apply to --onnx"),
+        (["--checkpoint", "X", "--threads", "2"], "--int8, --backend, --cache and --threads apply to --onnx"),
+        (["--onnx", "EXPORT", "--threads", "0"], "--threads 0: give at least 1, or leave it unset"),
         (["--onnx", "EXPORT", "--int8", "true", "--cache", "static"], "the static KV-cache graphs have no int8"),
         (
             ["--onnx", "EXPORT", "--int8", "true", "--backend", "cann"],
