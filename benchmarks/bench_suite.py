@@ -3,7 +3,7 @@
 
     git worktree add --detach /tmp/old 3911f8b   # the checkout issue 17 was filed against, with its own venv:
     (cd /tmp/old && python -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e ".[dev]")
-    python benchmarks/bench_suite.py --old /tmp/old [--rounds 2] [--serial] [--out F.json]
+    python benchmarks/bench_suite.py --old /tmp/old [--rounds 2] [--serial] [--new-args "--ignore=F ..."] [--out F.json]
 
 Each arm runs ``python -m pytest -q -p no:cacheprovider`` in its own tree with its own settings (this tree's
 ``pyproject.toml`` spreads the files over pytest-xdist's workers; the old one runs them one at a time), W&B
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -46,17 +47,19 @@ def main() -> None:
     parser.add_argument("--old", type=Path, required=True, help="the older checkout (a git worktree with a .venv)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--serial", action="store_true", help="also this tree with -n 0 (one test at a time)")
+    parser.add_argument("--new-args", default="", help="more pytest options for this tree, e.g. --ignore=FILE ...")
     parser.add_argument("--out", type=Path, help="write the rounds and the summary as JSON here")
     args = parser.parse_args()
     old = old_checkout(args.old)
     print(machine_line(), flush=True)
     logs = Path(tempfile.mkdtemp(prefix="bench_suite_logs."))
+    extra = shlex.split(args.new_args)
     arms = {
         "old": lambda i: run_suite(old, logs / f"old.{i}.log"),
-        "new": lambda i: run_suite(HERE, logs / f"new.{i}.log"),
+        "new": lambda i: run_suite(HERE, logs / f"new.{i}.log", *extra),
     }
     if args.serial:
-        arms["new -n 0"] = lambda i: run_suite(HERE, logs / f"serial.{i}.log", "-n", "0")
+        arms["new -n 0"] = lambda i: run_suite(HERE, logs / f"serial.{i}.log", "-n", "0", *extra)
     results = alternate(arms, args.rounds, show=lambda arm, r: f"{r['seconds']:.0f} s ({r['passed']} passed)")
     summary = {}
     for arm in arms:
