@@ -252,9 +252,9 @@ def test_cli_generate_warms_every_graph_before_the_timer(
         events.append(label(graph, feeds["idx"]))
         return onnx_run(self, graph, feeds)
 
-    def session(path: Path, *args):
+    def session(path: Path, *args, **kwargs):
         events.append(f"session {Path(path).name}")
-        return onnx_session(path, *args)
+        return onnx_session(path, *args, **kwargs)
 
     class Stdout(io.StringIO):
         def write(self, text: str) -> int:
