@@ -371,9 +371,7 @@ def test_a_port_in_use_is_one_line_and_exit_1(server: Server, baby: tuple[Path, 
 def test_sigterm_lets_running_requests_finish_then_exits_0(baby: tuple[Path, GPT, Vocabulary], tmp_path: Path) -> None:
     """Over the ONNX export this time: two rows run and a third waits when SIGTERM comes; all three end whole,
     with the checkpoint's greedy text, then the process exits 0. --quiet: no access log."""
-    # Long enough that the third request finds both rows still running even on a loaded machine (at 250 and 200
-    # tokens, under the suite's parallel workers, the two could end before it arrived, and it never queued).
-    lengths = [400, 300, 60]
+    lengths = [400, 300, 60]  # the long rows run past block_size: about a second on the window thread
     expected = [reference(baby, "ROMEO:", n) for n in lengths]
     _, export = export_baby(tmp_path, int8=False)
     server = start_server(f"--onnx={export}", "--max_batch_size=2", "--grace_s=30", "--quiet=true")
@@ -382,7 +380,12 @@ def test_sigterm_lets_running_requests_finish_then_exits_0(baby: tuple[Path, GPT
         async def main() -> list[tuple[str, str | None, bool]]:
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
                 bodies = [{"prompt": "ROMEO:", "max_tokens": n, "temperature": 0} for n in lengths]
-                runs = [asyncio.ensure_future(stream_text(http, "/v1/completions", b)) for b in bodies]
+                # The two long rows first, then the short one, which waits for a slot until a long one ends (sent
+                # together, the short one could take a slot and leave the queue within milliseconds, unseen).
+                runs = [asyncio.ensure_future(stream_text(http, "/v1/completions", b)) for b in bodies[:2]]
+                running = lambda: server.metric("lit_nanogpt_running_rows") == 2  # noqa: E731
+                await asyncio.to_thread(server.wait_until, running, 60)
+                runs.append(asyncio.ensure_future(stream_text(http, "/v1/completions", bodies[2])))
                 queued = lambda: server.metric("lit_nanogpt_queue_depth") == 1  # noqa: E731
                 await asyncio.to_thread(server.wait_until, queued, 60)
                 server.proc.send_signal(signal.SIGTERM)
