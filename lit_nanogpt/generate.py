@@ -71,7 +71,7 @@ def generate(
             or ``auto`` (static on Ascend, dynamic on CPU). Same tokens either way.
         threads: With ``onnx`` on the CPU: onnxruntime's threads for every graph, spin-waiting between ops
             when more than one. Default one thread for each token, one per core for whole windows, none
-            spinning: steady on a busy CPU. On an idle one, ``--threads 2`` decoded 1.34x faster on 2 cores
+            spinning: steady on a busy CPU. On an idle one, ``--threads 2`` decoded 1.41x faster on 2 cores
             (BENCHMARKS.md); on a busy one spinning threads halve the speed.
         sampling: ``SamplingSettings``' fields, given flat: ``--max_new_tokens``, ``--temperature``,
             ``--top_k``, ``--num_samples``.

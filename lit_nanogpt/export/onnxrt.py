@@ -128,7 +128,8 @@ class ExportedGPT:
         if graph not in self._sessions:
             with self._lock:
                 if graph not in self._sessions:
-                    # One token's matmuls are too small to split across threads with any gain.
+                    # A token on one thread unless asked: a second one pays a wake-up per op unless it spins, and
+                    # spinning threads halve the speed on a busy CPU (BENCHMARKS.md).
                     threads = self._threads or (1 if graph.startswith("decode") else None)
                     self._sessions[graph] = _session(self._files[graph], threads, spin=(self._threads or 1) > 1)
         return self._sessions[graph].run(None, feeds)
