@@ -39,6 +39,12 @@ Lightning's commands (any option can also go in a YAML file given with --config)
   predict         Sample through Lightning's predict loop: --ckpt_path CKPT --data.prompts '["ROMEO:"]'
 Ours:
 """ + "\n".join(f"  {name:<15} {text}" for name, text in EXTRA_COMMANDS.items())
+# The module each command runs from, imported before the command starts (``command_module``).
+COMMAND_MODULES = {
+    **dict.fromkeys(("fit", "validate", "test", "predict"), "lit_nanogpt.cli"),
+    "generate": "lit_nanogpt.generate",
+    "serve": "lit_nanogpt.serve.command",
+}
 EXPORT_FORMATS = ("onnx", "hf", "nanogpt")
 # The Lightning commands' --help description.
 DESCRIPTION = "Train, evaluate and sample nanoGPT with Lightning. Also: " + "; ".join(
@@ -151,6 +157,12 @@ def export_command(args: list[str]) -> None:
         manifest = export_model(model, vocab, out, settings, source=str(cfg["checkpoint"]))
         worst = max(manifest.max_abs_diff.values())
         print(f"Wrote {out} (onnxruntime vs PyTorch max abs logit difference {worst:.2g})", file=sys.stderr)
+
+
+def command_module(args: list[str]) -> str | None:
+    """The module ``lit-nanogpt ARGS`` runs from (Lightning's CLI for fit and the other Trainer commands), for
+    ``__main__`` to import with the garbage collector paused; None for the overview and the light commands."""
+    return COMMAND_MODULES.get(args[0]) if args and args[0] not in ("-h", "--help") else None
 
 
 def _quiet_lightning() -> None:

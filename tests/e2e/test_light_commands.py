@@ -55,3 +55,30 @@ def test_light_commands_import_neither_lightning_nor_onnx(baby: tuple[Path, Path
     assert "onnx" in tops(exported)
     assert "lightning" not in tops(exported) and not tops(exported) & HF
     assert "lightning" not in tops(_imported_by(tmp_path, "--help"))
+
+
+# The collector's state when a command's process ends (lit_nanogpt/__main__.py).
+_GC_PROBE = """
+import atexit, gc, json, os, sys
+def report():
+    with open(os.environ["PROBE_OUT"], "w") as f:
+        json.dump({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count(), "scanned": len(gc.get_objects())}, f)
+atexit.register(report)
+sys.argv = ["lit-nanogpt", *sys.argv[1:]]
+from lit_nanogpt.__main__ import main
+raise SystemExit(main())
+"""
+
+
+def test_the_imported_libraries_are_frozen_and_the_collector_still_runs(baby: tuple[Path, Path], tmp_path: Path) -> None:
+    """torch's objects are imported with the collector paused, then frozen, so no full collection rescans them;
+    the collector is back on for what the command makes; at exit everything is frozen."""
+    out = tmp_path / "gc.json"
+    ckpt, _ = baby
+    done = run_python("-c", _GC_PROBE, "generate", f"--checkpoint={ckpt}", "--max_new_tokens=3", cwd=tmp_path,
+                      env={"PROBE_OUT": str(out)})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads(out.read_text())
+    assert state["enabled"] is True
+    assert state["frozen"] > 50_000, state  # torch alone makes more than that
+    assert state["scanned"] < 1_000, state  # frozen before exit too: shutdown's collections rescan nothing
