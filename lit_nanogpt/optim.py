@@ -33,9 +33,13 @@ def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
         x = x.mT
     # Each matrix by its own Frobenius norm: spectral norm <= Frobenius norm <= 1, where the iteration converges.
     x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)
+    shape = x.shape
+    x = x.reshape(-1, *shape[-2:])  # one stack (n, r, c): baddbmm folds the scalings and sums into the products
     for _ in range(steps):
-        gram = x @ x.mT  # (..., r, r)
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        gram = torch.bmm(x, x.mT)  # (n, r, r)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b * gram + c * gram @ gram
+        x = torch.baddbmm(x, poly, x, beta=a)  # a * x + poly @ x
+    x = x.reshape(shape)
     return x.mT if tall else x
 
 
