@@ -70,7 +70,7 @@ raise SystemExit(main())
 """
 
 
-def test_the_imported_libraries_are_frozen_and_the_collector_still_runs(baby: tuple[Path, Path], tmp_path: Path) -> None:
+def test_imported_libraries_are_frozen_and_the_collector_still_runs(baby: tuple[Path, Path], tmp_path: Path) -> None:
     """torch's objects are imported with the collector paused, then frozen, so no full collection rescans them;
     the collector is back on for what the command makes; at exit everything is frozen."""
     out = tmp_path / "gc.json"
