@@ -230,7 +230,7 @@ class ReLUSquared(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = F.relu(x)
-        return r * r  # the same values as .square(), but its backward takes half the time on CPU (BENCHMARKS.md)
+        return r * r  # the values and gradients of .square(), whose backward is a general pow (BENCHMARKS.md)
 
 
 class MLP(nn.Module):

@@ -65,7 +65,7 @@ class LitGPT(L.LightningModule):
             cooldown: ``wsd`` only: the fraction of ``lr_decay_iters`` spent decaying.
             fused: AdamW's fused kernel (``torch.optim.AdamW(fused=...)``); default torch's choice (the for-loop
                 kernel on CPU). nanoGPT turns it on for CUDA only; the CPU recipes here turn it on too: on CPU it
-                steps the CPU recipe's model in 0.36 ms instead of 1.45 (BENCHMARKS.md), not bit for bit alike.
+                steps the CPU recipe's model in 0.37 ms instead of 1.50 (BENCHMARKS.md), not bit for bit alike.
             compile: Compile the network with ``torch.compile`` (``nn.Module.compile``: the checkpoint's keys stay
                 the same) for training and validation. For GPUs, as nanoGPT does; on a CPU it costs more than it saves.
             compile_backend: ``torch.compile``'s backend: ``inductor`` (torch's), or on Ascend ``npu`` (TorchAir,
