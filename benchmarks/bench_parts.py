@@ -5,6 +5,7 @@
     python benchmarks/bench_parts.py relu2 [--rounds 8] [--steps 20]
     python benchmarks/bench_parts.py muon [--rounds 8]
     python benchmarks/bench_parts.py gc [--pairs 5]
+    python benchmarks/bench_parts.py gemv [--rounds 5] [--tokens 200]
 
 - ``adamw``: the CPU recipe's model (4 layers, 4 heads, 128 wide, context 64, batch 12), nanoGPT's two
   weight-decay groups. First ``optimizer.step()`` alone with torch's for-loop AdamW (torch's default on CPU,
@@ -18,6 +19,12 @@
   default, and with the collector paused during the import and everything frozen after it and at exit, as
   ``lit_nanogpt/__main__.py`` does. The import's time, the full collections during it (number and seconds),
   the time from the last line to the process's end, and the whole process, alternating.
+- ``gemv``: one row times each weight of the 10.65M model (and of the CPU recipe's 128-wide model) with
+  ``nn.Linear`` (MKL's matrix-vector product) and with ``lit_nanogpt.model.Linear`` (the rows split into one
+  ``bmm`` batch entry per thread), with the largest difference between them; then ``generate`` on the 10.65M
+  model (``TorchBackend``, KV cache, prompt of 6 tokens, temperature 0.8, top-k 200, seed 1337) with the split
+  off and on, and in the same rounds the machine's limit (``bench_generate.memory_limit``: one numpy
+  matrix-vector product over the model's 42.6 MB of weights, best of 30), each as a fraction of it.
 
 Every mode prints the machine line, per-round figures, medians and the median of the per-round ratios.
 """
@@ -227,6 +234,61 @@ def gc_mode(pairs: int) -> None:
         print(f"{arm}: process s per pair {format_list(results.values(arm, 'process s'))}")
 
 
+# ---- gemv ----
+def gemv(rounds: int, tokens: int) -> None:
+    import torch
+    from bench_generate import memory_limit
+
+    import lit_nanogpt.model as model_module
+    from lit_nanogpt.decoding import Sampler, TorchBackend, generate, seeded
+    from lit_nanogpt.model import GPT, GPTConfig, Linear
+
+    split_from = model_module.ROW_SPLIT_MIN_WEIGHTS
+    print(f"torch threads: {torch.get_num_threads()}; one row times each weight, us a call (500 calls a round):")
+    rows = []
+    for out_f, in_f in [(1152, 384), (384, 384), (1536, 384), (384, 1536), (384, 128), (512, 128), (128, 512)]:
+        torch.manual_seed(0)
+        layer, x = Linear(in_f, out_f, bias=False).eval(), torch.randn(1, 1, in_f)
+        plain = torch.nn.Linear(in_f, out_f, bias=False).eval()
+        plain.weight = layer.weight
+        with torch.no_grad():
+            diff = float((layer(x) - plain(x)).abs().max())
+            arms = {name: (lambda i, f=f, x=x: _ms_per_call(lambda: f(x), 500) * 1e3)
+                    for name, f in (("nn.Linear", plain), ("Linear", layer))}  # fmt: skip
+            results = alternate(arms, rounds, show=None)
+        split = layer.weight.numel() >= split_from
+        rows.append([f"{out_f}x{in_f}", f"{layer.weight.numel() * 4 / 1e6:.2f}", "yes" if split else "no",
+                     f"{results.median('nn.Linear'):.1f}", f"{results.median('Linear'):.1f}",
+                     f"{results.ratio('Linear', 'nn.Linear'):.3f}", f"{diff:.1e}"])  # fmt: skip
+    print_table(["weight", "MB", "split", "nn.Linear us", "Linear us", "ratio", "max abs diff"], rows)
+
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.0, bias=False)
+    model = GPT(config).eval()
+    weight_bytes = sum(p.numel() * 4 for p in model.parameters())  # fp32, as bench_generate counts them
+    backend, prompt, texts = TorchBackend(model), [1, 2, 3, 4, 5, 6], {}
+
+    def decode(split: bool) -> float:
+        model_module.ROW_SPLIT_MIN_WEIGHTS = split_from if split else 1 << 62
+        start = time.perf_counter()
+        texts[split] = generate(backend, [prompt], tokens, Sampler(0.8, 200, generator=seeded(1337)))[0]
+        return tokens / (time.perf_counter() - start)
+
+    try:
+        decode(True), decode(False)
+        arms = {"unsplit": lambda i: decode(False), "split": lambda i: decode(True),
+                "limit": lambda i: memory_limit(weight_bytes)["tokens_per_s"]}  # fmt: skip
+        results = alternate(arms, rounds, show=None)
+    finally:
+        model_module.ROW_SPLIT_MIN_WEIGHTS = split_from
+    print(f"\ngenerate, 10.65M model, {tokens} tokens, tokens/s; limit = {weight_bytes / 1e6:.1f} MB of weights "
+          f"read once per token; the same tokens both ways: {texts[True] == texts[False]}")  # fmt: skip
+    rows = [[arm, f"{results.median(arm):.1f}", format_list(results.values(arm), 1),
+             "" if arm == "limit" else f"{results.ratio(arm, 'limit'):.3f}",
+             f"{results.ratio(arm, 'unsplit'):.3f}" if arm == "split" else ""] for arm in arms]  # fmt: skip
+    print_table(["arm", "median tokens/s", "rounds", "of the limit (median of rounds)", "/ unsplit"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -240,6 +302,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8)
     p = sub.add_parser("gc")
     p.add_argument("--pairs", type=int, default=5)
+    p = sub.add_parser("gemv")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--tokens", type=int, default=200)
     args = parser.parse_args()
     print(machine_line(), flush=True)
     if args.mode == "adamw":
@@ -248,6 +313,8 @@ def main() -> None:
         relu2(args.rounds, args.steps)
     elif args.mode == "muon":
         muon(args.rounds)
+    elif args.mode == "gemv":
+        gemv(args.rounds, args.tokens)
     else:
         gc_mode(args.pairs)
 

@@ -18,6 +18,9 @@ Two paths run the same weights:
   ONNX without ``Trilu``.
 * ``decode_step`` is the decode path: one token per row, each row at its own position, so that
   decoding costs one position, not the whole context (``lit_nanogpt.decoding`` drives both).
+
+Decoding one row on a CPU, the projections multiply one row by each weight; ``Linear`` spreads that product
+over torch's threads.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 # when each row has its own positions.
 Rope = tuple[torch.Tensor, torch.Tensor]
 MLP_ACTIVATIONS = ("gelu", "relu2")
+ROW_SPLIT_MIN_WEIGHTS = 1 << 17
+"""Weights (elements) from which ``Linear`` splits a one-row product across threads: 512 KB in fp32. Below it the
+split costs more than it gains (``python benchmarks/bench_parts.py gemv``)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,42 @@ def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` with a faster CPU path for one row against a large weight: a decode step.
+
+    torch multiplies one row by a weight with MKL's matrix-vector product, which runs on one thread (on a
+    2-core AMD EPYC it is no faster with two, and reads the 10.65M model's weights at about a third of what
+    numpy's two threads read). Viewed as ``torch.get_num_threads()`` blocks of output rows, the same product
+    runs as one ``bmm`` on every thread: there, 1.37x the 10.65M model's decode speed, the same sums bit for bit
+    (``python benchmarks/bench_parts.py gemv``). The view copies nothing; the parameters, their names and their
+    initial draws are ``nn.Linear``'s. Training, autocast, tracing and export take ``nn.Linear``'s own path.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            not self.training
+            and not torch.jit.is_tracing()  # before numel(), which a trace would record
+            and x.numel() == self.in_features
+            and self.weight.numel() >= ROW_SPLIT_MIN_WEIGHTS
+        ):
+            n = torch.get_num_threads()
+            if n > 1 and self.out_features % n == 0 and _row_split_applies(x, self.weight):
+                w = self.weight.view(n, self.out_features // n, self.in_features).transpose(1, 2)  # (n, in, out/n)
+                y = torch.bmm(x.reshape(1, 1, -1).expand(n, 1, -1), w).view(*x.shape[:-1], self.out_features)
+                return y if self.bias is None else y + self.bias
+        return F.linear(x, self.weight, self.bias)
+
+
+def _row_split_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and weight.is_contiguous()  # for the view
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -143,8 +185,8 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.qk_norm = config.qk_norm
         # query, key and value projections for all heads, in one matmul
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def _qkv(self, x: torch.Tensor, rope: Rope | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -207,21 +249,18 @@ class CausalSelfAttention(nn.Module):
         values: torch.Tensor,
         pos: torch.Tensor,
         written: torch.Tensor,
+        mask: torch.Tensor,
         rope: Rope | None = None,
     ) -> torch.Tensor:
         """One new position per row of ``x`` (B, 1, C), each row at ``pos`` (B,) of its cache ``keys``/``values``
         (B, nh, S, hs), updated in place: the rows ``written`` (indices) get their new key and value at their
-        position; each row attends to its positions ``0 .. pos``. Rows not written attend to stale entries: their
-        output is not meant to be used."""
+        position; each row attends to the positions ``mask`` (B, 1, 1, seen) allows, its ``0 .. pos``. Rows not
+        written attend to stale entries: their output is not meant to be used."""
         q, k, v = self._qkv(x, rope)  # (B, nh, 1, hs)
         keys[written, :, pos[written]] = k[written, :, 0]
         values[written, :, pos[written]] = v[written, :, 0]
-        seen = int(pos.max()) + 1
-        mask = torch.arange(seen, device=x.device) <= pos[:, None]  # (B, seen)
-        B = x.shape[0]
-        y = F.scaled_dot_product_attention(
-            q, keys[:, :, :seen], values[:, :, :seen], attn_mask=mask.view(B, 1, 1, seen)
-        )
+        seen = mask.shape[-1]
+        y = F.scaled_dot_product_attention(q, keys[:, :, :seen], values[:, :, :seen], attn_mask=mask)
         return self._merge(y)
 
 
@@ -236,9 +275,9 @@ class ReLUSquared(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.act = nn.GELU() if config.mlp_activation == "gelu" else ReLUSquared()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -277,9 +316,10 @@ class Block(nn.Module):
         values: torch.Tensor,
         pos: torch.Tensor,
         written: torch.Tensor,
+        mask: torch.Tensor,
         rope: Rope | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn.decode_in_place(self.ln_1(x), keys, values, pos, written, rope)
+        x = x + self.attn.decode_in_place(self.ln_1(x), keys, values, pos, written, mask, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -297,7 +337,7 @@ class GPT(nn.Module):
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         )
         self.transformer = nn.ModuleDict(modules)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             # Weight tying: the output head reuses the token embedding (nanoGPT, GPT-2).
             self.transformer.wte.weight = self.lm_head.weight
@@ -437,6 +477,8 @@ class GPT(nn.Module):
         the rows ``written`` (indices), so no row's past is copied. The KV-cache backend's decode on PyTorch;
         the exported graphs use ``decode_step``, which is a pure function."""
         x, rope = self.embed(idx, pos[:, None])  # (B, 1, C)
+        seen = int(pos.max()) + 1  # the positions any row attends to
+        mask = (torch.arange(seen, device=idx.device) <= pos[:, None]).view(-1, 1, 1, seen)  # (B, 1, 1, seen)
         for block, k, v in zip(self.transformer.h, keys, values, strict=True):
-            x = block.decode_in_place(x, k, v, pos, written, rope)
+            x = block.decode_in_place(x, k, v, pos, written, mask, rope)
         return self.lm_head(self.transformer.ln_f(x))  # (B, 1, V)

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from lit_nanogpt.model import GPT, GPTConfig
+from lit_nanogpt.model import GPT, ROW_SPLIT_MIN_WEIGHTS, GPTConfig, Linear
 from tests.helpers import FIXTURES, NANOGPT_BABY, TINY, extend
 
 REFERENCE_INIT = FIXTURES / "tiny_init.json"
@@ -113,4 +113,80 @@ def test_cached_and_uncached_generation_give_the_same_tokens(temperature: float,
         # 40 new tokens run well past block_size=16, through the sliding window.
         outs.append(extend(model, prompt, 40, temperature, top_k, use_cache=use_cache, generator=g))
     assert outs[0].shape == (1, 45)
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def count_bmm(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    bmm = torch.bmm
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return bmm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "bmm", counted)
+    return calls
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_row_against_a_large_weight_is_split_across_threads(
+    bias: bool, two_threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    layer = Linear(192, 768, bias=bias).eval()  # 147,456 weights: above ROW_SPLIT_MIN_WEIGHTS
+    plain = torch.nn.Linear(192, 768, bias=bias)
+    plain.load_state_dict(layer.state_dict())
+    calls = count_bmm(monkeypatch)
+    with torch.no_grad():
+        for shape in [(192,), (1, 192), (1, 1, 192)]:
+            x = torch.randn(shape)
+            out = layer(x)
+            assert out.shape == (*shape[:-1], 768)
+            torch.testing.assert_close(out, plain(x), atol=1e-6, rtol=1e-6)
+    assert calls[0] == 3
+    assert set(layer.state_dict()) == set(plain.state_dict())
+
+
+def test_the_split_is_left_to_nn_linear_where_it_does_not_apply(
+    two_threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    big, small = Linear(192, 768).eval(), Linear(128, 512).eval()  # small: 65,536 weights, below the line
+    calls = count_bmm(monkeypatch)
+    row, rows = torch.randn(1, 1, 192), torch.randn(1, 2, 192)
+    with torch.no_grad():
+        small(torch.randn(1, 1, 128))  # too small
+        big(rows)  # two rows
+        big.train()(row)  # training
+        big.eval()
+        big.double()(row.double())  # float64
+        big.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            big(row)
+        torch.jit.trace(big, row, check_trace=False)  # tracing (the ONNX exporter's path)
+        torch.set_num_threads(1)
+        big(row)  # one thread: nothing to split across
+    assert calls[0] == 0
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        big(row)
+    assert calls[0] == 1  # and the same layer splits a row it may
+
+
+def test_decoding_with_the_split_gives_the_tokens_of_a_whole_window_per_token(two_threads: None) -> None:
+    model = tiny(n_embd=192, n_head=4, n_layer=1, block_size=32)  # its 4x MLP weights are split
+    assert model.transformer.h[0].mlp.c_fc.weight.numel() >= ROW_SPLIT_MIN_WEIGHTS
+    prompt = torch.randint(0, 65, (1, 5))
+    outs = [
+        extend(model, prompt, 20, 0.8, None, use_cache=c, generator=torch.Generator().manual_seed(3))
+        for c in (True, False)  # the cache's decode steps are one row each; a whole window is 5-25 rows
+    ]
     assert torch.equal(outs[0], outs[1])
