@@ -36,12 +36,13 @@ top_k 200 (sample.py's defaults), seed 1337.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pickle
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ import numpy as np
 import torch
 from harness import ROOT, alternate, cli, format_list, machine_info, machine_line, run_process
 
+import lit_nanogpt.model as model_module
 from lit_nanogpt.checkpoint import import_nanogpt, load_model
 from lit_nanogpt.data import CharDataModule
 from lit_nanogpt.decoding import Backend, Sampler, TorchBackend, generate, nll, sample_next
@@ -110,7 +112,24 @@ def memory_limit(weight_bytes: int, tries: int = 30) -> dict:
 
 @torch.no_grad()
 def nanogpt_method(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-    """nanoGPT's sampling: every token forwards the whole context again (cropped to block_size); no cache."""
+    """nanoGPT's sampling: every token forwards the whole context again (cropped to block_size); no cache. Its
+    ``nn.Linear`` products as nanoGPT's: ``lit_nanogpt.model.Linear``'s split of a few rows is off."""
+    with unsplit_linear():
+        return _nanogpt_method(model, idx, max_new_tokens)
+
+
+@contextlib.contextmanager
+def unsplit_linear() -> Iterator[None]:
+    """``lit_nanogpt.model.Linear`` as ``nn.Linear``: no product split across threads, whatever its rows."""
+    split_from = model_module.ROW_SPLIT_MIN_WEIGHTS
+    model_module.ROW_SPLIT_MIN_WEIGHTS = 1 << 62
+    try:
+        yield
+    finally:
+        model_module.ROW_SPLIT_MIN_WEIGHTS = split_from
+
+
+def _nanogpt_method(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     for _ in range(max_new_tokens):
         logits, _ = model(idx[:, -model.config.block_size :])  # (B, 1, V): the last position, as nanoGPT's
         idx = torch.cat((idx, sample_next(logits[:, -1, :], TEMPERATURE, TOP_K)), dim=1)  # (B, T + 1)

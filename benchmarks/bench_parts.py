@@ -5,7 +5,7 @@
     python benchmarks/bench_parts.py relu2 [--rounds 8] [--steps 20]
     python benchmarks/bench_parts.py muon [--rounds 8]
     python benchmarks/bench_parts.py gc [--pairs 5]
-    python benchmarks/bench_parts.py gemv [--rounds 5] [--tokens 200]
+    python benchmarks/bench_parts.py gemv [--rounds 5] [--tokens 200] [--batches 1 4 16]
 
 - ``adamw``: the CPU recipe's model (4 layers, 4 heads, 128 wide, context 64, batch 12), nanoGPT's two
   weight-decay groups. First ``optimizer.step()`` alone with torch's for-loop AdamW (torch's default on CPU,
@@ -22,9 +22,10 @@
 - ``gemv``: one row times each weight of the 10.65M model (and of the CPU recipe's 128-wide model) with
   ``nn.Linear`` (MKL's matrix-vector product) and with ``lit_nanogpt.model.Linear`` (the rows split into one
   ``bmm`` batch entry per thread), with the largest difference between them; then ``generate`` on the 10.65M
-  model (``TorchBackend``, KV cache, prompt of 6 tokens, temperature 0.8, top-k 200, seed 1337) with the split
-  off and on, and in the same rounds the machine's limit (``bench_generate.memory_limit``: one numpy
-  matrix-vector product over the model's 42.6 MB of weights, best of 30), each as a fraction of it.
+  model (``TorchBackend``, KV cache, prompts of 6 tokens, temperature 0.8, top-k 200, seed 1337), with
+  ``--batches`` rows decoded together, with the split off and on, and in the same rounds the machine's limit
+  (``bench_generate.memory_limit``: one numpy matrix-vector product over the model's 42.6 MB of weights, best
+  of 30), each as a fraction of it (for several rows: their tokens/s together against one row's limit).
 
 Every mode prints the machine line, per-round figures, medians and the median of the per-round ratios.
 """
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from harness import ROOT, Results, alternate, format_list, machine_line, print_table
 
@@ -235,12 +237,10 @@ def gc_mode(pairs: int) -> None:
 
 
 # ---- gemv ----
-def gemv(rounds: int, tokens: int) -> None:
+def gemv(rounds: int, tokens: int, batches: list[int]) -> None:
     import torch
-    from bench_generate import memory_limit
 
     import lit_nanogpt.model as model_module
-    from lit_nanogpt.decoding import Sampler, TorchBackend, generate, seeded
     from lit_nanogpt.model import GPT, GPTConfig, Linear
 
     split_from = model_module.ROW_SPLIT_MIN_WEIGHTS
@@ -266,27 +266,38 @@ def gemv(rounds: int, tokens: int) -> None:
     config = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.0, bias=False)
     model = GPT(config).eval()
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())  # fp32, as bench_generate counts them
-    backend, prompt, texts = TorchBackend(model), [1, 2, 3, 4, 5, 6], {}
+    for batch in batches:
+        _decode_rounds(model, batch, tokens, rounds, weight_bytes)
+
+
+def _decode_rounds(model: Any, batch: int, tokens: int, rounds: int, weight_bytes: int) -> None:
+    """``generate`` of ``batch`` rows together with ``Linear``'s split off and on, and the limit, alternating."""
+    import contextlib
+
+    from bench_generate import memory_limit, unsplit_linear
+
+    from lit_nanogpt.decoding import Sampler, TorchBackend, generate, seeded
+
+    backend, texts = TorchBackend(model, max_batch=batch), {}
+    prompts = [[1 + i, 2, 3, 4, 5, 6] for i in range(batch)]
 
     def decode(split: bool) -> float:
-        model_module.ROW_SPLIT_MIN_WEIGHTS = split_from if split else 1 << 62
         start = time.perf_counter()
-        texts[split] = generate(backend, [prompt], tokens, Sampler(0.8, 200, generator=seeded(1337)))[0]
-        return tokens / (time.perf_counter() - start)
+        with contextlib.nullcontext() if split else unsplit_linear():
+            texts[split] = generate(backend, prompts, tokens, Sampler(0.8, 200, generator=seeded(1337)))
+        return tokens * batch / (time.perf_counter() - start)
 
-    try:
-        decode(True), decode(False)
-        arms = {"unsplit": lambda i: decode(False), "split": lambda i: decode(True),
-                "limit": lambda i: memory_limit(weight_bytes)["tokens_per_s"]}  # fmt: skip
-        results = alternate(arms, rounds, show=None)
-    finally:
-        model_module.ROW_SPLIT_MIN_WEIGHTS = split_from
-    print(f"\ngenerate, 10.65M model, {tokens} tokens, tokens/s; limit = {weight_bytes / 1e6:.1f} MB of weights "
-          f"read once per token; the same tokens both ways: {texts[True] == texts[False]}")  # fmt: skip
+    decode(True), decode(False)
+    arms = {"unsplit": lambda i: decode(False), "split": lambda i: decode(True),
+            "limit": lambda i: memory_limit(weight_bytes)["tokens_per_s"]}  # fmt: skip
+    results = alternate(arms, rounds, show=None)
+    print(f"\ngenerate, 10.65M model, {batch} row(s) decoded together, {tokens} tokens each, tokens/s (all rows); "
+          f"limit = {weight_bytes / 1e6:.1f} MB of weights read once per step, as tokens/s of one row; "
+          f"the same tokens both ways: {texts[True] == texts[False]}")  # fmt: skip
     rows = [[arm, f"{results.median(arm):.1f}", format_list(results.values(arm), 1),
              "" if arm == "limit" else f"{results.ratio(arm, 'limit'):.3f}",
              f"{results.ratio(arm, 'unsplit'):.3f}" if arm == "split" else ""] for arm in arms]  # fmt: skip
-    print_table(["arm", "median tokens/s", "rounds", "of the limit (median of rounds)", "/ unsplit"], rows)
+    print_table(["arm", "median tokens/s", "rounds", "/ limit (median of rounds)", "/ unsplit"], rows)
 
 
 def main() -> None:
@@ -305,6 +316,7 @@ def main() -> None:
     p = sub.add_parser("gemv")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--tokens", type=int, default=200)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     args = parser.parse_args()
     print(machine_line(), flush=True)
     if args.mode == "adamw":
@@ -314,7 +326,7 @@ def main() -> None:
     elif args.mode == "muon":
         muon(args.rounds)
     elif args.mode == "gemv":
-        gemv(args.rounds, args.tokens)
+        gemv(args.rounds, args.tokens, args.batches)
     else:
         gc_mode(args.pairs)
 

@@ -19,8 +19,8 @@ Two paths run the same weights:
 * ``decode_step`` is the decode path: one token per row, each row at its own position, so that
   decoding costs one position, not the whole context (``lit_nanogpt.decoding`` drives both).
 
-Decoding one row on a CPU, the projections multiply one row by each weight; ``Linear`` spreads that product
-over torch's threads.
+Decoding on a CPU, the projections multiply a few rows by each weight; ``Linear`` spreads that product over
+torch's threads.
 """
 
 from __future__ import annotations
@@ -39,8 +39,11 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 Rope = tuple[torch.Tensor, torch.Tensor]
 MLP_ACTIVATIONS = ("gelu", "relu2")
 ROW_SPLIT_MIN_WEIGHTS = 1 << 17
-"""Weights (elements) from which ``Linear`` splits a one-row product across threads: 512 KB in fp32. Below it the
-split costs more than it gains (``python benchmarks/bench_parts.py gemv``)."""
+"""Weights (elements) from which ``Linear`` splits a product of a few rows across threads: 512 KB in fp32. Below it
+the split costs more than it gains (``python benchmarks/bench_parts.py gemv``)."""
+ROW_SPLIT_MAX_ROWS = 16
+"""The most rows (tokens in the call, all rows of a batch together) that ``Linear`` splits: as far as it was measured
+to gain."""
 
 
 @dataclass(frozen=True)
@@ -142,28 +145,34 @@ def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` with a faster CPU path for one row against a large weight: a decode step.
+    """``nn.Linear`` with a faster CPU path for a few rows against a large weight: a decode step.
 
-    torch multiplies one row by a weight with MKL's matrix-vector product, which runs on one thread (on a
-    2-core AMD EPYC it is no faster with two, and reads the 10.65M model's weights at about a third of what
+    torch multiplies a few rows by a weight with MKL, on one thread (one row: a matrix-vector product that on a
+    2-core AMD EPYC is no faster with two threads, and reads the 10.65M model's weights at about a third of what
     numpy's two threads read). Viewed as ``torch.get_num_threads()`` blocks of output rows, the same product
-    runs as one ``bmm`` on every thread: there, 1.37x the 10.65M model's decode speed, the same sums bit for bit
-    (``python benchmarks/bench_parts.py gemv``). The view copies nothing; the parameters, their names and their
-    initial draws are ``nn.Linear``'s. Training, autocast, tracing and export take ``nn.Linear``'s own path.
+    runs as one ``bmm`` on every thread. There the 10.65M model decodes one row 1.33-1.37x as fast, with the same
+    sums bit for bit, 4 rows together 1.42x and 16 rows 1.09x (``python benchmarks/bench_parts.py gemv``). The view copies no weight; the parameters,
+    their names and their initial draws are ``nn.Linear``'s. Training, autocast, tracing and export take
+    ``nn.Linear``'s own path.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
             not self.training
             and not torch.jit.is_tracing()  # before numel(), which a trace would record
-            and x.numel() == self.in_features
+            and x.numel() <= ROW_SPLIT_MAX_ROWS * self.in_features
             and self.weight.numel() >= ROW_SPLIT_MIN_WEIGHTS
         ):
             n = torch.get_num_threads()
             if n > 1 and self.out_features % n == 0 and _row_split_applies(x, self.weight):
+                rows = x.numel() // self.in_features
                 w = self.weight.view(n, self.out_features // n, self.in_features).transpose(1, 2)  # (n, in, out/n)
-                y = torch.bmm(x.reshape(1, 1, -1).expand(n, 1, -1), w).view(*x.shape[:-1], self.out_features)
-                return y if self.bias is None else y + self.bias
+                x_n = x.reshape(1, rows, -1).expand(n, rows, -1)
+                if self.bias is None:
+                    y = torch.bmm(x_n, w)  # (n, rows, out/n)
+                else:  # the bias first, then the sums added to it, as F.linear does
+                    y = torch.baddbmm(self.bias.view(n, 1, -1), x_n, w)
+                return y.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)  # a view for one row
         return F.linear(x, self.weight, self.bias)
 
 

@@ -8,7 +8,8 @@ import os
 import pytest
 import torch
 
-from lit_nanogpt.model import GPT, ROW_SPLIT_MIN_WEIGHTS, GPTConfig, Linear
+import lit_nanogpt.model as model_module
+from lit_nanogpt.model import GPT, ROW_SPLIT_MAX_ROWS, GPTConfig, Linear
 from tests.helpers import FIXTURES, NANOGPT_BABY, TINY, extend
 
 REFERENCE_INIT = FIXTURES / "tiny_init.json"
@@ -125,33 +126,38 @@ def two_threads():
 
 
 def count_bmm(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the calls of torch.bmm and torch.baddbmm from Python (the split's; attention's are inside torch)."""
     calls = [0]
-    bmm = torch.bmm
+    for name in ("bmm", "baddbmm"):
+        op = getattr(torch, name)
 
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return bmm(*args, **kwargs)
+        def counted(*args, op=op, **kwargs):
+            calls[0] += 1
+            return op(*args, **kwargs)
 
-    monkeypatch.setattr(torch, "bmm", counted)
+        monkeypatch.setattr(torch, name, counted)
     return calls
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_one_row_against_a_large_weight_is_split_across_threads(
+def test_a_few_rows_against_a_large_weight_are_split_across_threads(
     bias: bool, two_threads: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch.manual_seed(0)
     layer = Linear(192, 768, bias=bias).eval()  # 147,456 weights: above ROW_SPLIT_MIN_WEIGHTS
+    if bias:
+        torch.nn.init.normal_(layer.bias)
     plain = torch.nn.Linear(192, 768, bias=bias)
     plain.load_state_dict(layer.state_dict())
     calls = count_bmm(monkeypatch)
+    shapes = [(192,), (1, 192), (1, 1, 192), (4, 1, 192), (2, 3, 192), (ROW_SPLIT_MAX_ROWS, 192)]
     with torch.no_grad():
-        for shape in [(192,), (1, 192), (1, 1, 192)]:
+        for shape in shapes:
             x = torch.randn(shape)
             out = layer(x)
             assert out.shape == (*shape[:-1], 768)
-            torch.testing.assert_close(out, plain(x), atol=1e-6, rtol=1e-6)
-    assert calls[0] == 3
+            torch.testing.assert_close(out, plain(x), atol=2e-6, rtol=1e-6)
+    assert calls[0] == len(shapes)
     assert set(layer.state_dict()) == set(plain.state_dict())
 
 
@@ -161,10 +167,10 @@ def test_the_split_is_left_to_nn_linear_where_it_does_not_apply(
     torch.manual_seed(0)
     big, small = Linear(192, 768).eval(), Linear(128, 512).eval()  # small: 65,536 weights, below the line
     calls = count_bmm(monkeypatch)
-    row, rows = torch.randn(1, 1, 192), torch.randn(1, 2, 192)
+    row, rows = torch.randn(1, 1, 192), torch.randn(1, ROW_SPLIT_MAX_ROWS + 1, 192)
     with torch.no_grad():
         small(torch.randn(1, 1, 128))  # too small
-        big(rows)  # two rows
+        big(rows)  # too many rows
         big.train()(row)  # training
         big.eval()
         big.double()(row.double())  # float64
@@ -181,12 +187,19 @@ def test_the_split_is_left_to_nn_linear_where_it_does_not_apply(
     assert calls[0] == 1  # and the same layer splits a row it may
 
 
-def test_decoding_with_the_split_gives_the_tokens_of_a_whole_window_per_token(two_threads: None) -> None:
+def test_decoding_with_the_split_gives_the_tokens_it_gives_without(
+    two_threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = tiny(n_embd=192, n_head=4, n_layer=1, block_size=32)  # its 4x MLP weights are split
-    assert model.transformer.h[0].mlp.c_fc.weight.numel() >= ROW_SPLIT_MIN_WEIGHTS
-    prompt = torch.randint(0, 65, (1, 5))
-    outs = [
-        extend(model, prompt, 20, 0.8, None, use_cache=c, generator=torch.Generator().manual_seed(3))
-        for c in (True, False)  # the cache's decode steps are one row each; a whole window is 5-25 rows
-    ]
-    assert torch.equal(outs[0], outs[1])
+    prompts = torch.randint(0, 65, (3, 5))  # three rows decoded together
+
+    def sample() -> torch.Tensor:  # 40 new tokens: past block_size too, through the sliding window
+        return extend(model, prompts, 40, 0.8, None, generator=torch.Generator().manual_seed(3))
+
+    calls = count_bmm(monkeypatch)
+    split = sample()
+    assert calls[0] > 0
+    monkeypatch.setattr(model_module, "ROW_SPLIT_MIN_WEIGHTS", 1 << 62)
+    calls[0] = 0
+    assert torch.equal(sample(), split)
+    assert calls[0] == 0
