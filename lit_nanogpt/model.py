@@ -147,13 +147,13 @@ def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 class Linear(nn.Linear):
     """``nn.Linear`` with a faster CPU path for a few rows against a large weight: a decode step.
 
-    torch multiplies a few rows by a weight with MKL, on one thread (one row: a matrix-vector product that on a
-    2-core AMD EPYC is no faster with two threads, and reads the 10.65M model's weights at about a third of what
-    numpy's two threads read). Viewed as ``torch.get_num_threads()`` blocks of output rows, the same product
-    runs as one ``bmm`` on every thread. There the 10.65M model decodes one row 1.33-1.37x as fast, with the same
-    sums bit for bit, 4 rows together 1.42x and 16 rows 1.09x (``python benchmarks/bench_parts.py gemv``). The view copies no weight; the parameters,
-    their names and their initial draws are ``nn.Linear``'s. Training, autocast, tracing and export take
-    ``nn.Linear``'s own path.
+    torch multiplies a few rows by a weight with MKL. For one row that is a matrix-vector product on one thread: on
+    a 2-core AMD EPYC no faster with two threads, reading the 10.65M model's weights at about a third of what
+    numpy's two threads read. Viewed as ``torch.get_num_threads()`` blocks of output rows, the same product runs
+    as one ``bmm`` on every thread. There the 10.65M model decodes one row 1.33-1.37x as fast (the same sums bit
+    for bit), 4 rows together 1.42x and 16 rows 1.09x (``python benchmarks/bench_parts.py gemv``). The view copies
+    no weight; the parameters, their names and their initial draws are ``nn.Linear``'s. Training, autocast,
+    tracing and export take ``nn.Linear``'s own path.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
