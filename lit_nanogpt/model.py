@@ -9,7 +9,7 @@ faster: rotary position embeddings, RMS-normalised queries and keys, a ReLU-squa
 untied, zero-initialised output head. Each is off by default, and off it changes nothing: the same
 parameters, initial draws and state-dict keys as nanoGPT.
 
-Two paths run the same weights:
+Three paths run the same weights:
 
 * ``forward`` is the training path. It uses fused ``scaled_dot_product_attention`` with
   ``is_causal=True``.
