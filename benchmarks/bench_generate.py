@@ -36,13 +36,12 @@ top_k 200 (sample.py's defaults), seed 1337.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import pickle
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +49,11 @@ import numpy as np
 import torch
 from harness import ROOT, alternate, cli, format_list, machine_info, machine_line, run_process
 
-import lit_nanogpt.model as model_module
 from lit_nanogpt.checkpoint import import_nanogpt, load_model
 from lit_nanogpt.data import CharDataModule
 from lit_nanogpt.decoding import Backend, Sampler, TorchBackend, generate, nll, sample_next
 from lit_nanogpt.export import ExportSettings, export_model, open_export
-from lit_nanogpt.model import GPT, GPTConfig
+from lit_nanogpt.model import GPT, GPTConfig, unsplit
 from lit_nanogpt.sampling import SEPARATOR
 from lit_nanogpt.text import SHIPPED_CORPUS, Vocabulary
 
@@ -113,20 +111,9 @@ def memory_limit(weight_bytes: int, tries: int = 30) -> dict:
 @torch.no_grad()
 def nanogpt_method(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """nanoGPT's sampling: every token forwards the whole context again (cropped to block_size); no cache. Its
-    ``nn.Linear`` products as nanoGPT's: ``lit_nanogpt.model.Linear``'s split of a few rows is off."""
-    with unsplit_linear():
+    products as nanoGPT's ``nn.Linear`` computes them (``lit_nanogpt.model.unsplit``)."""
+    with unsplit():
         return _nanogpt_method(model, idx, max_new_tokens)
-
-
-@contextlib.contextmanager
-def unsplit_linear() -> Iterator[None]:
-    """``lit_nanogpt.model.Linear`` as ``nn.Linear``: no product split across threads, whatever its rows."""
-    split_from = model_module.ROW_SPLIT_MIN_WEIGHTS
-    model_module.ROW_SPLIT_MIN_WEIGHTS = 1 << 62
-    try:
-        yield
-    finally:
-        model_module.ROW_SPLIT_MIN_WEIGHTS = split_from
 
 
 def _nanogpt_method(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:

@@ -5,7 +5,7 @@
     python benchmarks/bench_parts.py relu2 [--rounds 8] [--steps 20]
     python benchmarks/bench_parts.py muon [--rounds 8]
     python benchmarks/bench_parts.py gc [--pairs 5]
-    python benchmarks/bench_parts.py gemv [--rounds 5] [--tokens 200] [--batches 1 4 16]
+    python benchmarks/bench_parts.py gemv [--rounds 5] [--tokens 200] [--batches 1 4 16] [--other-line 262144]
 
 - ``adamw``: the CPU recipe's model (4 layers, 4 heads, 128 wide, context 64, batch 12), nanoGPT's two
   weight-decay groups. First ``optimizer.step()`` alone with torch's for-loop AdamW (torch's default on CPU,
@@ -25,7 +25,8 @@
   model (``TorchBackend``, KV cache, prompts of 6 tokens, temperature 0.8, top-k 200, seed 1337), with
   ``--batches`` rows decoded together, with the split off and on, and in the same rounds the machine's limit
   (``bench_generate.memory_limit``: one numpy matrix-vector product over the model's 42.6 MB of weights, best
-  of 30), each as a fraction of it (for several rows: their tokens/s together against one row's limit).
+  of 30), each as a fraction of it (for several rows: their tokens/s together against one row's limit);
+  ``--other-line N`` adds an arm with ``ROW_SPLIT_MIN_WEIGHTS`` at N.
 
 Every mode prints the machine line, per-round figures, medians and the median of the per-round ratios.
 """
@@ -33,14 +34,18 @@ Every mode prints the machine line, per-round figures, medians and the median of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from harness import ROOT, Results, alternate, format_list, machine_line, print_table
+
+if TYPE_CHECKING:
+    from lit_nanogpt.model import GPT
 
 
 def _ms_per_call(fn: Callable[[], object], calls: int) -> float:
@@ -237,7 +242,7 @@ def gc_mode(pairs: int) -> None:
 
 
 # ---- gemv ----
-def gemv(rounds: int, tokens: int, batches: list[int]) -> None:
+def gemv(rounds: int, tokens: int, batches: list[int], other_line: int | None) -> None:
     import torch
 
     import lit_nanogpt.model as model_module
@@ -256,7 +261,8 @@ def gemv(rounds: int, tokens: int, batches: list[int]) -> None:
             arms = {name: (lambda i, f=f, x=x: _ms_per_call(lambda: f(x), 500) * 1e3)
                     for name, f in (("nn.Linear", plain), ("Linear", layer))}  # fmt: skip
             results = alternate(arms, rounds, show=None)
-        split = layer.weight.numel() >= split_from
+        threads = torch.get_num_threads()  # Linear's own conditions for this row
+        split = layer.weight.numel() >= split_from and threads > 1 and out_f % threads == 0
         rows.append([f"{out_f}x{in_f}", f"{layer.weight.numel() * 4 / 1e6:.2f}", "yes" if split else "no",
                      f"{results.median('nn.Linear'):.1f}", f"{results.median('Linear'):.1f}",
                      f"{results.ratio('Linear', 'nn.Linear'):.3f}", f"{diff:.1e}"])  # fmt: skip
@@ -267,36 +273,56 @@ def gemv(rounds: int, tokens: int, batches: list[int]) -> None:
     model = GPT(config).eval()
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())  # fp32, as bench_generate counts them
     for batch in batches:
-        _decode_rounds(model, batch, tokens, rounds, weight_bytes)
+        _decode_rounds(model, batch, tokens, rounds, weight_bytes, other_line)
 
 
-def _decode_rounds(model: Any, batch: int, tokens: int, rounds: int, weight_bytes: int) -> None:
-    """``generate`` of ``batch`` rows together with ``Linear``'s split off and on, and the limit, alternating."""
-    import contextlib
+def _decode_rounds(
+    model: GPT, batch: int, tokens: int, rounds: int, weight_bytes: int, other_line: int | None = None
+) -> None:
+    """``generate`` of ``batch`` rows together with ``Linear``'s split off and on (and, with ``other_line``, with
+    ``ROW_SPLIT_MIN_WEIGHTS`` at that value), and the limit, alternating."""
+    from bench_generate import memory_limit
 
-    from bench_generate import memory_limit, unsplit_linear
-
+    import lit_nanogpt.model as model_module
     from lit_nanogpt.decoding import Sampler, TorchBackend, generate, seeded
+    from lit_nanogpt.model import unsplit
 
     backend, texts = TorchBackend(model, max_batch=batch), {}
     prompts = [[1 + i, 2, 3, 4, 5, 6] for i in range(batch)]
+    line = model_module.ROW_SPLIT_MIN_WEIGHTS
 
-    def decode(split: bool) -> float:
+    @contextlib.contextmanager
+    def split_from(weights: int) -> Iterator[None]:
+        model_module.ROW_SPLIT_MIN_WEIGHTS = weights
+        try:
+            yield
+        finally:
+            model_module.ROW_SPLIT_MIN_WEIGHTS = line
+
+    def decode(arm: str, context: contextlib.AbstractContextManager[None]) -> float:
         start = time.perf_counter()
-        with contextlib.nullcontext() if split else unsplit_linear():
-            texts[split] = generate(backend, prompts, tokens, Sampler(0.8, 200, generator=seeded(1337)))
+        with context:
+            texts[arm] = generate(backend, prompts, tokens, Sampler(0.8, 200, generator=seeded(1337)))
         return tokens * batch / (time.perf_counter() - start)
 
-    decode(True), decode(False)
-    arms = {"unsplit": lambda i: decode(False), "split": lambda i: decode(True),
-            "limit": lambda i: memory_limit(weight_bytes)["tokens_per_s"]}  # fmt: skip
+    contexts: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+        "unsplit": unsplit, "split": contextlib.nullcontext}  # fmt: skip
+    if other_line is not None:
+        contexts[f"split from {other_line}"] = lambda: split_from(other_line)
+    for arm, context in contexts.items():  # warm every arm
+        decode(arm, context())
+    arms: dict[str, Callable[[int], float]] = {
+        arm: (lambda i, arm=arm, context=context: decode(arm, context())) for arm, context in contexts.items()
+    }
+    arms["limit"] = lambda i: memory_limit(weight_bytes)["tokens_per_s"]
     results = alternate(arms, rounds, show=None)
+    same = all(texts[arm] == texts["unsplit"] for arm in contexts)
     print(f"\ngenerate, 10.65M model, {batch} row(s) decoded together, {tokens} tokens each, tokens/s (all rows); "
           f"limit = {weight_bytes / 1e6:.1f} MB of weights read once per step, as tokens/s of one row; "
-          f"the same tokens both ways: {texts[True] == texts[False]}")  # fmt: skip
+          f"split from {line} weights; the same tokens every way: {same}")  # fmt: skip
     rows = [[arm, f"{results.median(arm):.1f}", format_list(results.values(arm), 1),
              "" if arm == "limit" else f"{results.ratio(arm, 'limit'):.3f}",
-             f"{results.ratio(arm, 'unsplit'):.3f}" if arm == "split" else ""] for arm in arms]  # fmt: skip
+             f"{results.ratio(arm, 'unsplit'):.3f}" if arm.startswith("split") else ""] for arm in arms]  # fmt: skip
     print_table(["arm", "median tokens/s", "rounds", "/ limit (median of rounds)", "/ unsplit"], rows)
 
 
@@ -317,6 +343,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--tokens", type=int, default=200)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--other-line", type=int, help="also decode with ROW_SPLIT_MIN_WEIGHTS at this value")
     args = parser.parse_args()
     print(machine_line(), flush=True)
     if args.mode == "adamw":
@@ -326,7 +353,7 @@ def main() -> None:
     elif args.mode == "muon":
         muon(args.rounds)
     elif args.mode == "gemv":
-        gemv(args.rounds, args.tokens, args.batches)
+        gemv(args.rounds, args.tokens, args.batches, args.other_line)
     else:
         gc_mode(args.pairs)
 

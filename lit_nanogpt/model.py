@@ -9,7 +9,7 @@ faster: rotary position embeddings, RMS-normalised queries and keys, a ReLU-squa
 untied, zero-initialised output head. Each is off by default, and off it changes nothing: the same
 parameters, initial draws and state-dict keys as nanoGPT.
 
-Three paths run the same weights:
+The same weights run three ways:
 
 * ``forward`` is the training path. It uses fused ``scaled_dot_product_attention`` with
   ``is_causal=True``.
@@ -17,7 +17,8 @@ Three paths run the same weights:
   returns them extended. Its causal mask is a slice of a precomputed boolean buffer, so it exports to
   ONNX without ``Trilu``.
 * ``decode_step`` is the decode path: one token per row, each row at its own position, so that
-  decoding costs one position, not the whole context (``lit_nanogpt.decoding`` drives both).
+  decoding costs one position, not the whole context. ``decode_in_place`` is the same step on a cache
+  updated in place (``lit_nanogpt.decoding`` drives them).
 
 Decoding on a CPU, the projections multiply a few rows by each weight; ``Linear`` spreads that product over
 torch's threads.
@@ -25,7 +26,9 @@ torch's threads.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +42,8 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 Rope = tuple[torch.Tensor, torch.Tensor]
 MLP_ACTIVATIONS = ("gelu", "relu2")
 ROW_SPLIT_MIN_WEIGHTS = 1 << 17
-"""Weights (elements) from which ``Linear`` splits a product of a few rows across threads: 512 KB in fp32. Below it
-the split costs more than it gains (``python benchmarks/bench_parts.py gemv``)."""
+"""Weights (elements) from which ``Linear`` splits a product of a few rows across threads: 512 KB in fp32. The
+10.65M model decoded no slower with it than with the line at 1 MB (``bench_parts.py gemv --other-line 262144``)."""
 ROW_SPLIT_MAX_ROWS = 16
 """The most rows (tokens in the call, all rows of a batch together) that ``Linear`` splits: as far as it was measured
 to gain."""
@@ -150,17 +153,18 @@ class Linear(nn.Linear):
     torch multiplies a few rows by a weight with MKL. For one row that is a matrix-vector product on one thread: on
     a 2-core AMD EPYC no faster with two threads, reading the 10.65M model's weights at about a third of what
     numpy's two threads read. Viewed as ``torch.get_num_threads()`` blocks of output rows, the same product runs
-    as one ``bmm`` on every thread. There the 10.65M model decodes one row 1.33-1.37x as fast (the same sums bit
-    for bit), 4 rows together 1.42x and 16 rows 1.09x (``python benchmarks/bench_parts.py gemv``). The view copies
-    no weight; the parameters, their names and their initial draws are ``nn.Linear``'s. Training, autocast,
-    tracing and export take ``nn.Linear``'s own path.
+    as one ``bmm`` on every thread. There the 10.65M model decodes one row 1.33-1.37x as fast (with the same sums
+    bit for bit there), 4 rows together 1.42x and 16 rows 1.09x (``python benchmarks/bench_parts.py gemv``). The
+    view copies no weight; the parameters, their names and their initial draws are ``nn.Linear``'s. Training,
+    autocast, tracing and export take ``nn.Linear``'s own path, and so does everything inside ``unsplit()``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
             not self.training
             and not torch.jit.is_tracing()  # before numel(), which a trace would record
-            and x.numel() <= ROW_SPLIT_MAX_ROWS * self.in_features
+            and 0 < x.numel() <= ROW_SPLIT_MAX_ROWS * self.in_features
+            and x.shape[-1] == self.in_features  # else F.linear's own error
             and self.weight.numel() >= ROW_SPLIT_MIN_WEIGHTS
         ):
             n = torch.get_num_threads()
@@ -174,6 +178,17 @@ class Linear(nn.Linear):
                     y = torch.baddbmm(self.bias.view(n, 1, -1), x_n, w)
                 return y.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)  # a view for one row
         return F.linear(x, self.weight, self.bias)
+
+
+@contextlib.contextmanager
+def unsplit() -> Iterator[None]:
+    """Every ``Linear`` computes as ``nn.Linear`` inside (process-wide): nanoGPT's products, as a reference."""
+    global ROW_SPLIT_MIN_WEIGHTS
+    split_from, ROW_SPLIT_MIN_WEIGHTS = ROW_SPLIT_MIN_WEIGHTS, 1 << 62
+    try:
+        yield
+    finally:
+        ROW_SPLIT_MIN_WEIGHTS = split_from
 
 
 def _row_split_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:

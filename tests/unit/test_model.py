@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
 
-import lit_nanogpt.model as model_module
-from lit_nanogpt.model import GPT, ROW_SPLIT_MAX_ROWS, GPTConfig, Linear
+from lit_nanogpt.model import GPT, ROW_SPLIT_MAX_ROWS, GPTConfig, Linear, unsplit
 from tests.helpers import FIXTURES, NANOGPT_BABY, TINY, extend
 
 REFERENCE_INIT = FIXTURES / "tiny_init.json"
@@ -118,7 +119,7 @@ def test_cached_and_uncached_generation_give_the_same_tokens(temperature: float,
 
 
 @pytest.fixture
-def two_threads():
+def two_threads() -> Iterator[None]:
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
@@ -131,12 +132,22 @@ def count_bmm(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     for name in ("bmm", "baddbmm"):
         op = getattr(torch, name)
 
-        def counted(*args, op=op, **kwargs):
+        def counted(*args: Any, op: Callable[..., torch.Tensor] = op, **kwargs: Any) -> torch.Tensor:
             calls[0] += 1
             return op(*args, **kwargs)
 
         monkeypatch.setattr(torch, name, counted)
     return calls
+
+
+def test_linear_draws_and_names_its_parameters_as_nn_linear() -> None:
+    for bias in (False, True):
+        torch.manual_seed(0)
+        ours = Linear(192, 768, bias=bias).state_dict()
+        torch.manual_seed(0)
+        theirs = torch.nn.Linear(192, 768, bias=bias).state_dict()
+        assert list(ours) == list(theirs)
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -150,15 +161,23 @@ def test_a_few_rows_against_a_large_weight_are_split_across_threads(
     plain = torch.nn.Linear(192, 768, bias=bias)
     plain.load_state_dict(layer.state_dict())
     calls = count_bmm(monkeypatch)
-    shapes = [(192,), (1, 192), (1, 1, 192), (4, 1, 192), (2, 3, 192), (ROW_SPLIT_MAX_ROWS, 192)]
+    inputs = [torch.randn(shape) for shape in [(192,), (1, 192), (1, 1, 192), (4, 1, 192), (2, 3, 192)]]
+    inputs += [torch.randn(192, ROW_SPLIT_MAX_ROWS).t()]  # (16, 192), not contiguous
     with torch.no_grad():
-        for shape in shapes:
-            x = torch.randn(shape)
+        for x in inputs:
             out = layer(x)
-            assert out.shape == (*shape[:-1], 768)
+            assert out.shape == (*x.shape[:-1], 768)
             torch.testing.assert_close(out, plain(x), atol=2e-6, rtol=1e-6)
-    assert calls[0] == len(shapes)
-    assert set(layer.state_dict()) == set(plain.state_dict())
+    assert calls[0] == len(inputs)
+    # In eval mode with gradients (e.g. saliency): the split's gradients are nn.Linear's.
+    x = torch.randn(1, 1, 192, requires_grad=True)
+    layer(x).square().sum().backward()
+    ours = [x.grad, layer.weight.grad]
+    x.grad = None
+    plain(x).square().sum().backward()
+    assert calls[0] == len(inputs) + 1
+    for a, b in zip(ours, [x.grad, plain.weight.grad], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_the_split_is_left_to_nn_linear_where_it_does_not_apply(
@@ -166,11 +185,19 @@ def test_the_split_is_left_to_nn_linear_where_it_does_not_apply(
 ) -> None:
     torch.manual_seed(0)
     big, small = Linear(192, 768).eval(), Linear(128, 512).eval()  # small: 65,536 weights, below the line
+    odd = Linear(192, 769).eval()  # 769 output rows do not split into 2 blocks
+    strided = Linear(192, 768).eval()
+    strided.weight = torch.nn.Parameter(torch.randn(192, 768).t())  # (768, 192), not contiguous
     calls = count_bmm(monkeypatch)
     row, rows = torch.randn(1, 1, 192), torch.randn(1, ROW_SPLIT_MAX_ROWS + 1, 192)
     with torch.no_grad():
         small(torch.randn(1, 1, 128))  # too small
         big(rows)  # too many rows
+        odd(row)
+        torch.testing.assert_close(strided(row), row @ strided.weight.T + strided.bias)
+        assert big(torch.empty(0, 192)).shape == (0, 768)  # no rows
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):  # the wrong width: F.linear's own error
+            big(torch.randn(1, 100))
         big.train()(row)  # training
         big.eval()
         big.double()(row.double())  # float64
@@ -178,6 +205,8 @@ def test_the_split_is_left_to_nn_linear_where_it_does_not_apply(
         with torch.autocast("cpu", dtype=torch.bfloat16):
             big(row)
         torch.jit.trace(big, row, check_trace=False)  # tracing (the ONNX exporter's path)
+        with unsplit():
+            big(row)
         torch.set_num_threads(1)
         big(row)  # one thread: nothing to split across
     assert calls[0] == 0
@@ -199,7 +228,7 @@ def test_decoding_with_the_split_gives_the_tokens_it_gives_without(
     calls = count_bmm(monkeypatch)
     split = sample()
     assert calls[0] > 0
-    monkeypatch.setattr(model_module, "ROW_SPLIT_MIN_WEIGHTS", 1 << 62)
     calls[0] = 0
-    assert torch.equal(sample(), split)
+    with unsplit():
+        assert torch.equal(sample(), split)
     assert calls[0] == 0
