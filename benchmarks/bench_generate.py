@@ -5,6 +5,7 @@ process, and what the int8 weights and the ``half`` window cost in quality.
     python benchmarks/bench_generate.py cli [--repeats 5] [--tokens 200] [--checkpoint CKPT] [--out F.json]
     python benchmarks/bench_generate.py speed [--repeats 3] [--lengths 200 500] [--out F.json]
     python benchmarks/bench_generate.py quality [--val_tokens 4000] [--out F.json]
+    python benchmarks/bench_generate.py spin [--rounds 7] [--busy 0 1 2] [--spins 0 10 25 100] [--out F.json]
 
 Model (``cli``, ``speed``): nanoGPT's Shakespeare-char shape, 10.65M parameters (6 layers, 6 heads, 384
 wide, block 256, vocab 65), random weights (``torch.manual_seed(0)``; the time per token does not depend
@@ -14,7 +15,7 @@ top_k 200 (sample.py's defaults), seed 1337.
 
 - ``cli``: the real ``python -m lit_nanogpt generate`` in a process of its own, the tokens/s it prints
   (generation alone) and its ``Loaded ... in S s`` line: ``--checkpoint`` (PyTorch, KV cache, fp32),
-  ``--onnx DIR`` (onnxruntime fp32; also with ``--threads 2``, spinning) and ``--onnx DIR --int8 true``; each
+  ``--onnx DIR`` (onnxruntime fp32; also with ``--threads 1``) and ``--onnx DIR --int8 true``; each
   alternated with nanoGPT's method (sample.py's loop, written here against our ``GPT``: no cache, the whole
   context cropped to block_size forwarded again per token, fp32 eager, in this process, the model warmed
   beforehand);
@@ -23,10 +24,16 @@ top_k 200 (sample.py's defaults), seed 1337.
   per-round ratios, each path as a fraction of the limit and issue 19's targets (checkpoint >= 40%, ONNX
   fp32 >= 60%, int8 >= 1.5x fp32). nanoGPT's ratio is reported, not targeted.
 - ``speed``: in this process, alternating, every round: ``GPT.generate`` without and with the KV
-  cache (2 torch threads and 1), the export opened with ``open_export`` in fp32 (also on 2 spinning threads,
-  ``generate --threads 2``) and int8, the memory limit (each path as a fraction of it, per round), and past
+  cache (2 torch threads and 1), the export opened with ``open_export`` in fp32 and int8 (each also on one
+  thread, ``generate --threads 1``), the memory limit (each path as a fraction of it, per round), and past
   block_size the ``half`` window; best and median tokens/s. Then one full-window forward of the
   exported graphs, the export's time (fp32 only, and with int8), graph sizes and parity.
+- ``spin``: what the ONNX decode's threads and their spin-waiting cost or gain, idle and beside busy
+  processes (``--busy N``: N other processes, each a Python loop that never sleeps, as another tenant's job
+  would be). In this process, alternating, every round: ``generate`` of 200 tokens through ``ExportedGPT``
+  in fp32 and int8 on one thread, and on 2 threads spinning at most ``--spins`` microseconds each
+  (``onnxrt.SPIN_US``; 0 is no spinning) and without a bound (onnxruntime's own spin, and ``--threads 2``
+  before 1.26), with the memory limit; medians, per-round ratios to one thread, fractions of the limit.
 - ``quality``: nanoGPT's baby model (tests/fixtures/nanogpt_baby, trained, block 64): loss over every
   non-overlapping window of the validation split in PyTorch and through the fp32 and int8 ``full``
   graphs (onnxruntime), and the stream NLL of the first ``--val_tokens`` characters fed token by token
@@ -39,6 +46,8 @@ import argparse
 import json
 import pickle
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,12 +56,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from harness import ROOT, alternate, cli, format_list, machine_info, machine_line, run_process
+from harness import ROOT, alternate, cli, format_list, machine_info, machine_line, print_table, run_process
 
 from lit_nanogpt.checkpoint import import_nanogpt, load_model
 from lit_nanogpt.data import CharDataModule
 from lit_nanogpt.decoding import Backend, Sampler, TorchBackend, generate, nll, sample_next
-from lit_nanogpt.export import ExportSettings, export_model, open_export
+from lit_nanogpt.export import ExportedGPT, ExportSettings, export_model, open_export
 from lit_nanogpt.model import GPT, GPTConfig, unsplit
 from lit_nanogpt.sampling import SEPARATOR
 from lit_nanogpt.text import SHIPPED_CORPUS, Vocabulary
@@ -62,11 +71,12 @@ TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=65, d
 BABY = ROOT / "tests" / "fixtures" / "nanogpt_baby"
 PROMPT, SEED, TEMPERATURE, TOP_K = "ROMEO:", 1337, 0.8, 200
 # Variant -> the options after ``lit-nanogpt generate``; {ckpt} and {onnx} are filled in. Targets: issue 19's,
-# as a fraction of the machine's memory limit (int8: 1.5x the fp32 export's tokens/s, checked in the summary).
+# as a fraction of the machine's memory limit (int8: 1.5x the fp32 export's tokens/s, checked in the summary);
+# ``--threads 1`` (the steady choice on a busy CPU, and the default before the spin was bounded) is reported only.
 VARIANTS = {
     "pytorch_cache_fp32": (["--checkpoint", "{ckpt}"], 0.4),
     "onnx_fp32": (["--onnx", "{onnx}", "--backend", "cpu"], 0.6),
-    "onnx_fp32_2_threads": (["--onnx", "{onnx}", "--backend", "cpu", "--threads", "2"], 0.6),
+    "onnx_fp32_1_thread": (["--onnx", "{onnx}", "--backend", "cpu", "--threads", "1"], None),
     "onnx_int8": (["--onnx", "{onnx}", "--int8", "true"], None),
 }
 TOKENS_LINE = re.compile(r"^(\d+) tokens in [\d.]+ s \(([\d.]+) tokens/s\)$", re.M)
@@ -183,10 +193,14 @@ def bench_cli(work: Path, args: argparse.Namespace) -> dict:
     summary["onnx_int8"].update(int8_over_fp32=int8_gain, target=1.5, met=int8_gain >= 1.5)
     print(f"\n{args.tokens} new tokens, batch 1, {weights} weights, medians of {args.repeats} rounds:")
     for name, row in summary.items():
-        goal = f"{row['target']:g}x fp32" if name == "onnx_int8" else f"{row['target']:.0%} of the limit"
+        if row["target"] is None:
+            goal, verdict = "none", "reported only"
+        else:
+            goal = f"{row['target']:g}x fp32" if name == "onnx_int8" else f"{row['target']:.0%} of the limit"
+            verdict = "met" if row["met"] else "NOT met"
         print(f"  {name:20s} {row['tokens_per_s']:8.1f} tokens/s (loaded in {row['load_s']:.2f} s); "
               f"{row['fraction_of_limit']:.0%} of the memory limit {row['limit_tokens_per_s']:.0f} tokens/s "
-              f"(per round {format_list(row['fractions'])}); target {goal}: {'met' if row['met'] else 'NOT met'}; "
+              f"(per round {format_list(row['fractions'])}); target {goal}: {verdict}; "
               f"vs nanoGPT's {row['nanogpt_tokens_per_s']:6.1f}: {row['ratio']:5.2f}x "
               f"(per round {format_list(row['ratios'])}); same text: "
               f"{'yes' if row['same_text_as_nanogpt_method'] else 'no'}"
@@ -222,15 +236,16 @@ def bench_speed(work: Path, args: argparse.Namespace) -> dict:
     print(f"export: {export_fp32_s:.1f} s fp32 graphs only, {export_s:.1f} s with int8", flush=True)
     idx = prompt_ids(vocab)
     fp32, _ = open_export(work / "export", backend="cpu")
-    fp32_2, _ = open_export(work / "export", backend="cpu", threads=2)  # generate --threads 2: spinning threads
+    fp32_1, _ = open_export(work / "export", backend="cpu", threads=1)  # generate --threads 1: no spinning thread
     int8, _ = open_export(work / "export", int8=True, backend="cpu")
+    int8_1, _ = open_export(work / "export", int8=True, backend="cpu", threads=1)
     ids = idx.tolist()
     torch_backend = TorchBackend(model)
 
     def run(backend: Backend, n: int, **options: Any) -> list[list[int]]:
         return generate(backend, ids, n, Sampler(TEMPERATURE, TOP_K), **options)
 
-    run(fp32, 2), run(fp32_2, 2), run(int8, 2)  # open the sessions outside the timing
+    run(fp32, 2), run(fp32_1, 2), run(int8, 2), run(int8_1, 2)  # open the sessions outside the timing
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
     out: dict = {"params": model.get_num_params(), "export_s": export_s, "export_fp32_s": export_fp32_s,
                  "sizes": {name: (work / "export" / name).stat().st_size for name in manifest.files},
@@ -240,8 +255,9 @@ def bench_speed(work: Path, args: argparse.Namespace) -> dict:
             "eager_recompute": lambda n=n: run(torch_backend, n, use_cache=False),
             "eager_cache": lambda n=n: run(torch_backend, n),
             "onnx_fp32_cache": lambda n=n: run(fp32, n),
-            "onnx_fp32_cache_2_threads": lambda n=n: run(fp32_2, n),
+            "onnx_fp32_cache_1_thread": lambda n=n: run(fp32_1, n),
             "onnx_int8_cache": lambda n=n: run(int8, n),
+            "onnx_int8_cache_1_thread": lambda n=n: run(int8_1, n),
             "eager_recompute_1thread": with_threads(1, lambda n=n: run(torch_backend, n, use_cache=False)),
             "eager_cache_1thread": with_threads(1, lambda n=n: run(torch_backend, n)),
         }
@@ -285,6 +301,59 @@ def _seconds(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+# ---- spin ----
+def bench_spin(work: Path, args: argparse.Namespace) -> dict:
+    from lit_nanogpt.export import onnxrt
+
+    model, vocab = load_model(random_checkpoint(work, TINY if args.tiny else SHAKESPEARE_CHAR))
+    export_model(model, vocab, work / "export", ExportSettings(int8=True, atc=None))
+    ids, weight_bytes = prompt_ids(vocab).tolist(), sum(p.numel() * 4 for p in model.parameters())
+    settings: dict[str, tuple[int, int | None]] = {"1 thread": (1, 0)}  # name -> threads, spin bound (None: none)
+    settings.update({f"2 threads, spin <= {us} us" if us else "2 threads, no spin": (2, us) for us in args.spins})
+    settings["2 threads, unbounded spin"] = (2, None)
+    arms: dict[str, ExportedGPT] = {}
+    bounded, spin_us = onnxrt.bounded_spin, onnxrt.SPIN_US
+    for int8 in (False, True):
+        for name, (threads, us) in settings.items():
+            onnxrt.SPIN_US, onnxrt.bounded_spin = us or 0, (lambda us=us: us is not None)
+            try:  # the sessions are built on first use: now, with this setting
+                arms[f"{'int8' if int8 else 'fp32'}, {name}"] = exported = ExportedGPT(work / "export", int8, threads)
+                generate(exported, ids, 2, Sampler(TEMPERATURE, TOP_K))
+            finally:
+                onnxrt.SPIN_US, onnxrt.bounded_spin = spin_us, bounded
+
+    def rate(exported: ExportedGPT) -> float:
+        start = time.perf_counter()
+        generate(exported, ids, args.tokens, Sampler(TEMPERATURE, TOP_K))
+        return args.tokens / (time.perf_counter() - start)
+
+    out: dict = {"tokens": args.tokens, "rows": {}}
+    for busy in args.busy:
+        others = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+        try:
+            timed: dict[str, Callable[[int], float]] = {n: lambda i, e=e: rate(e) for n, e in arms.items()}
+            timed["memory limit"] = lambda i: memory_limit(weight_bytes)["tokens_per_s"]
+            results = alternate(timed, args.rounds, show=None)
+        finally:
+            for other in others:
+                other.kill()
+                other.wait()
+        print(f"\n{busy} busy process(es) beside it; {args.tokens} tokens, tokens/s, medians of {args.rounds} rounds")
+        rows = []
+        for name in arms:
+            base = f"{name.split(',')[0]}, 1 thread"
+            row = {"tokens_per_s": results.median(name), "rounds": results.values(name),
+                   "over_1_thread": results.ratio(name, base),
+                   "of_limit": results.ratio(name, "memory limit")}  # fmt: skip
+            out["rows"][f"{busy} busy: {name}"] = row
+            rows.append([name, f"{row['tokens_per_s']:.1f}", format_list(row["rounds"], 1),
+                         f"{row['over_1_thread']:.3f}", f"{row['of_limit']:.3f}"])  # fmt: skip
+        rows.append(["memory limit", f"{results.median('memory limit'):.1f}",
+                     format_list(results.values("memory limit"), 1), "", ""])  # fmt: skip
+        print_table(["decode", "tokens/s", "rounds", "/ 1 thread (median of rounds)", "/ limit"], rows)
+    return out
 
 
 # ---- quality ----
@@ -339,6 +408,11 @@ def main() -> None:
     p = modes.add_parser("speed", help="tokens/s of every generation path, in this process")
     p.add_argument("--repeats", type=int, default=3, help="rounds; each path's best and median are reported")
     p.add_argument("--lengths", type=int, nargs="+", default=[200, 500])
+    p = modes.add_parser("spin", help="the ONNX decode's threads and spin-waiting, idle and beside busy processes")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--tokens", type=int, default=200, help="new tokens per run")
+    p.add_argument("--busy", type=int, nargs="+", default=[0, 1, 2], help="busy processes beside it, per table")
+    p.add_argument("--spins", type=int, nargs="+", default=[0, 10, 25, 100], help="spin bounds to try, us")
     p = modes.add_parser("quality", help="int8 and half-window cost on nanoGPT's baby model")
     p.add_argument("--val_tokens", type=int, default=4000, help="tokens of validation text scored as a stream")
     p.add_argument("--windows", type=int, help="only the first N validation windows (a smoke test)")
@@ -348,7 +422,7 @@ def main() -> None:
             p.add_argument("--tiny", action="store_true", help="a 2-layer, 32-wide model (a smoke test)")
     args = parser.parse_args()
     print(machine_line(), flush=True)
-    bench = {"cli": bench_cli, "speed": bench_speed, "quality": bench_quality}[args.mode]
+    bench = {"cli": bench_cli, "speed": bench_speed, "spin": bench_spin, "quality": bench_quality}[args.mode]
     with tempfile.TemporaryDirectory() as tmp:
         result = {"machine": machine_info(), "torch_threads": torch.get_num_threads(), **bench(Path(tmp), args)}
     if args.out:

@@ -70,9 +70,10 @@ def generate(
             fixed-shape prefill_static/decode_static pair that atc and the CANN provider compile once)
             or ``auto`` (static on Ascend, dynamic on CPU). Same tokens either way.
         threads: With ``onnx`` on the CPU: onnxruntime's threads for every graph, spin-waiting between ops
-            when more than one. Default one thread for each token, one per core for whole windows, none
-            spinning: steady on a busy CPU. On an idle one, ``--threads 2`` decoded 1.41x faster on 2 cores
-            (BENCHMARKS.md); on a busy one spinning threads halve the speed.
+            when more than one (at most 25 us each wait, ``lit_nanogpt.export.onnxrt.SPIN_US``). Default: each
+            token on 2 such threads, whole windows on one per core, not spinning. On 2 cores that decoded 1.43x
+            as fast as one thread on an idle CPU and 0.96-0.98x as fast beside busy processes (BENCHMARKS.md).
+            Before onnxruntime 1.26, which cannot bound the spin, the default decodes on one thread.
         sampling: ``SamplingSettings``' fields, given flat: ``--max_new_tokens``, ``--temperature``,
             ``--top_k``, ``--num_samples``.
     """

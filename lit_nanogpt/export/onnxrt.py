@@ -20,6 +20,7 @@ Folders of format version 2 or older (a decode graph that takes no positions) op
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,27 @@ CACHES = ("auto", "dynamic", "static")
 _GRAPHS = {"dynamic": ("full", "prefill", "decode"), "static": STATIC_GRAPHS, "none": ("full",)}
 
 
+SPIN_US = 25
+"""How long an idle onnxruntime worker thread waits for the next op by spinning before it sleeps, in microseconds
+(``session.intra_op.spin_duration_us``, onnxruntime 1.26 and later). Long enough to span the gaps between one decode
+step's ops, short enough that the workers sleep while Python samples the next token. On 2 cores, 2 threads spinning
+this long decoded 1.43x (fp32) and 1.31x (int8) as fast as one thread on an idle CPU, and 0.96-0.98x beside 1 or 2
+busy processes, where onnxruntime's own unbounded spin gave 0.60-0.78x (``bench_generate.py spin``, BENCHMARKS.md)."""
+
+
+DECODE_THREADS = 2
+"""The decode graphs' threads by default, at most the CPUs this process may run on: the most that was measured (on
+2 cores). Placed by the count given, not pinned to cores as onnxruntime's own default places them."""
+
+
+def bounded_spin() -> bool:
+    """Whether this onnxruntime bounds its threads' spin (``SPIN_US``): 1.26 and later."""
+    import onnxruntime as ort
+
+    major, minor = (int(part) for part in ort.__version__.split(".")[:2])
+    return (major, minor) >= (1, 26)
+
+
 def _session(path: Path, threads: int | None, spin: bool = False):
     import onnxruntime as ort
 
@@ -43,9 +65,11 @@ def _session(path: Path, threads: int | None, spin: bool = False):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
-    # Spinning worker threads wait for the next op by burning a core: on an idle CPU that makes 2-thread
-    # decoding 1.25x faster, on a shared or busy one it halves its speed (BENCHMARKS.md), so only when asked.
+    # Spinning worker threads wait for the next op by burning a core: without a bound (onnxruntime's default,
+    # and all there is before 1.26) that halves the speed on a busy CPU (BENCHMARKS.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if spin and bounded_spin():
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_US))
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -70,8 +94,9 @@ class ExportedGPT:
             folder: An export folder (``manifest.json`` and its graphs).
             int8: Use the int8-weight graphs (``*.int8.onnx``).
             threads: onnxruntime intra-op threads for every graph, spin-waiting between ops when more than
-                one (onnxruntime's own default: fastest on an idle CPU, slowest on a busy one); default one for
-                decode and one per core for the others, none spinning.
+                one. Default: ``DECODE_THREADS`` for decode, spin-waiting, and one per core for the others, not
+                spinning. The spin lasts ``SPIN_US`` at most; before onnxruntime 1.26, which cannot bound it,
+                the default decodes on one thread.
             manifest: ``Manifest.read(folder)`` when the caller has it already (it hashes every file).
             cache: ``dynamic`` (``prefill``/``decode``, and ``full`` past block_size), ``static``
                 (``prefill_static``/``decode_static``, every shape fixed) or ``none`` (``full`` alone).
@@ -128,11 +153,19 @@ class ExportedGPT:
         if graph not in self._sessions:
             with self._lock:
                 if graph not in self._sessions:
-                    # A token on one thread unless asked: a second one pays a wake-up per op unless it spins, and
-                    # spinning threads halve the speed on a busy CPU (BENCHMARKS.md).
-                    threads = self._threads or (1 if graph.startswith("decode") else None)
-                    self._sessions[graph] = _session(self._files[graph], threads, spin=(self._threads or 1) > 1)
+                    self._sessions[graph] = _session(self._files[graph], *self._threading(graph))
         return self._sessions[graph].run(None, feeds)
+
+    def _threading(self, graph: str) -> tuple[int | None, bool]:
+        """The threads of ``graph``'s session (None: one per core, onnxruntime's default) and whether they spin."""
+        if self._threads is not None:
+            return self._threads, self._threads > 1
+        if not graph.startswith("decode"):
+            return None, False  # whole windows and prompts: large products, one call each
+        # A token's many small ops: a second thread pays a wake-up per op unless it spins, and an unbounded spin
+        # halves the speed on a busy CPU, so without the bound one thread (BENCHMARKS.md).
+        threads = min(DECODE_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+        return (threads, True) if threads > 1 and bounded_spin() else (1, False)
 
     # ---- the backend ----
     def prefill(self, slots: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> torch.Tensor:

@@ -4,15 +4,17 @@ their solo tokens; earlier export folders still decode; the sampling rules."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
 from lit_nanogpt.decoding import Decoder, Row, Sampler, TorchBackend, generate, sample_next
-from lit_nanogpt.export import ExportedGPT, ExportSettings, Manifest, export_model
+from lit_nanogpt.export import ExportedGPT, ExportSettings, Manifest, export_model, onnxrt
 from lit_nanogpt.export.graphs import _attention_symbolic, _export_graph, check_graph
 from lit_nanogpt.export.manifest import MANIFEST, past_names
 from lit_nanogpt.model import GPT, GPTConfig
@@ -115,14 +117,44 @@ def test_every_backend_gives_pytorchs_greedy_and_seeded_tokens(exported: tuple[G
         two = ExportedGPT(folder, threads=2, max_batch=2)  # every graph on 2 spinning threads (generate --threads 2)
         results["onnx_2_threads"] = generate(two, prompts, 30, sampler())
         assert results["onnx"] == results["torch"] == results["onnx_static"] == results["onnx_2_threads"]
-    options = two._sessions["decode"].get_session_options()
-    assert options.intra_op_num_threads == 2
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
-    default = ExportedGPT(folder)
-    generate(default, prompts[:1], 2, Sampler(0.0))
-    options = default._sessions["decode"].get_session_options()
-    assert options.intra_op_num_threads == 1
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert set(threading_of(two).values()) == {(2, "1", "25")}  # prefill, decode and full alike
+
+
+def threading_of(exported: ExportedGPT) -> dict[str, tuple[int, str, str]]:
+    """Each open session's threads (0: one per core), whether they spin, and for how long at most (µs)."""
+    generate(exported, [[1, 2]], 2, Sampler(0.0))  # opens prefill and decode
+    return {graph: (session.get_session_options().intra_op_num_threads, entry(session, "allow_spinning"),
+                    entry(session, "spin_duration_us")) for graph, session in exported._sessions.items()}  # fmt: skip
+
+
+def entry(session: ort.InferenceSession, key: str) -> str:
+    """A session's ``session.intra_op.KEY`` setting, "" where it has none."""
+    try:
+        return session.get_session_options().get_session_config_entry(f"session.intra_op.{key}")
+    except RuntimeError:  # onnxruntime's "does not have configuration with key"
+        return ""
+
+
+def test_decode_spins_on_two_threads_by_default_where_the_spin_is_bounded(
+    exported: tuple[GPT, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, folder = exported
+    cpus = len(os.sched_getaffinity(0))
+    decode = (2, "1", "25") if cpus >= 2 else (1, "0", "")
+    assert threading_of(ExportedGPT(folder)) == {"prefill": (0, "0", ""), "decode": decode}
+    monkeypatch.setattr(onnxrt.os, "sched_getaffinity", lambda pid: {0})  # one CPU to run on
+    assert threading_of(ExportedGPT(folder))["decode"] == (1, "0", "")
+    monkeypatch.undo()
+    monkeypatch.setattr(ort, "__version__", "1.25.1")  # no bound: one thread, as before 1.26
+    assert threading_of(ExportedGPT(folder))["decode"] == (1, "0", "")
+    assert threading_of(ExportedGPT(folder, threads=2))["decode"] == (2, "1", "")  # asked: unbounded, as it was
+
+
+@pytest.mark.parametrize(("version", "bounded"), [("1.25.1", False), ("1.26.0", True), ("1.32.0", True),
+                                                  ("1.26.0.dev20260501", True), ("2.0.0", True)])  # fmt: skip
+def test_bounded_spin_reads_onnxruntimes_version(version: str, bounded: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ort, "__version__", version)
+    assert onnxrt.bounded_spin() is bounded
 
 
 def test_slots_are_taken_and_given_back(exported: tuple[GPT, Path]) -> None:
