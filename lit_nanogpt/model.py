@@ -228,8 +228,8 @@ class CausalSelfAttention(nn.Module):
 
     def _merge(self, y: torch.Tensor) -> torch.Tensor:
         B, _, T, hs = y.shape
-        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * hs)  # (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        y = self.c_proj(y.transpose(1, 2).contiguous().view(B, T, self.n_head * hs))  # (B, T, C)
+        return self.resid_dropout(y) if self.training else y  # an eval-mode dropout is still a call and an op
 
     def forward(self, x: torch.Tensor, rope: Rope | None = None) -> torch.Tensor:
         q, k, v = self._qkv(x, rope)
@@ -271,18 +271,18 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
-        pos: torch.Tensor,
         written: torch.Tensor,
+        at: torch.Tensor,
         mask: torch.Tensor,
         rope: Rope | None = None,
     ) -> torch.Tensor:
-        """One new position per row of ``x`` (B, 1, C), each row at ``pos`` (B,) of its cache ``keys``/``values``
-        (B, nh, S, hs), updated in place: the rows ``written`` (indices) get their new key and value at their
-        position; each row attends to the positions ``mask`` (B, 1, 1, seen) allows, its ``0 .. pos``. Rows not
-        written attend to stale entries: their output is not meant to be used."""
+        """One new position per row of ``x`` (B, 1, C) against its cache ``keys``/``values`` (B, nh, S, hs), updated
+        in place: the rows ``written`` (indices) get their new key and value at their positions ``at``; each row
+        attends to the positions ``mask`` (B, 1, 1, seen) allows, its own and those before. Rows not written attend
+        to stale entries: their output is not meant to be used."""
         q, k, v = self._qkv(x, rope)  # (B, nh, 1, hs)
-        keys[written, :, pos[written]] = k[written, :, 0]
-        values[written, :, pos[written]] = v[written, :, 0]
+        keys[written, :, at] = k[written, :, 0]
+        values[written, :, at] = v[written, :, 0]
         seen = mask.shape[-1]
         y = F.scaled_dot_product_attention(q, keys[:, :, :seen], values[:, :, :seen], attn_mask=mask)
         return self._merge(y)
@@ -305,7 +305,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C)
+        y = self.c_proj(self.act(self.c_fc(x)))  # (B, T, C)
+        return self.dropout(y) if self.training else y
 
 
 class Block(nn.Module):
@@ -338,12 +339,12 @@ class Block(nn.Module):
         x: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
-        pos: torch.Tensor,
         written: torch.Tensor,
+        at: torch.Tensor,
         mask: torch.Tensor,
         rope: Rope | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn.decode_in_place(self.ln_1(x), keys, values, pos, written, mask, rope)
+        x = x + self.attn.decode_in_place(self.ln_1(x), keys, values, written, at, mask, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -443,7 +444,8 @@ class GPT(nn.Module):
         self._check_length(t)
         pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
         x, rope = self.embed(idx, pos)
-        x = self.transformer.drop(x)  # (B, T, C)
+        if self.training:
+            x = self.transformer.drop(x)  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, rope)
         x = self.transformer.ln_f(x)
@@ -503,6 +505,7 @@ class GPT(nn.Module):
         x, rope = self.embed(idx, pos[:, None])  # (B, 1, C)
         seen = int(pos.max()) + 1  # the positions any row attends to
         mask = (torch.arange(seen, device=idx.device) <= pos[:, None]).view(-1, 1, 1, seen)  # (B, 1, 1, seen)
+        at = pos[written]  # where the written rows' new keys and values go, the same in every layer
         for block, k, v in zip(self.transformer.h, keys, values, strict=True):
-            x = block.decode_in_place(x, k, v, pos, written, mask, rope)
+            x = block.decode_in_place(x, k, v, written, at, mask, rope)
         return self.lm_head(self.transformer.ln_f(x))  # (B, 1, V)

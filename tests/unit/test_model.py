@@ -232,3 +232,25 @@ def test_decoding_with_the_split_gives_the_tokens_it_gives_without(
     with unsplit():
         assert torch.equal(sample(), split)
     assert calls[0] == 0
+
+
+def test_dropout_runs_in_training_only() -> None:
+    """Evaluation and decoding skip the dropout modules (identity there; each call still costs an op)."""
+    model = tiny(dropout=0.2)
+    calls = [0]
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    idx = torch.randint(0, 65, (2, 8))
+    keys = [torch.zeros(2, 2, 16, 16) for _ in range(2)]
+    values = [torch.zeros(2, 2, 16, 16) for _ in range(2)]
+    with torch.no_grad():
+        evaluated = model(idx, idx)[1]
+        model.forward_cached(idx)
+        model.decode_in_place(idx[:, :1], torch.tensor([0, 3]), keys, values, torch.tensor([0, 1]))
+    assert calls[0] == 0
+    model.train()
+    torch.manual_seed(1)
+    trained = model(idx, idx)[1]
+    assert calls[0] == 1 + 2 * 2  # the embeddings', then each block's attention and MLP
+    assert not torch.equal(trained, evaluated)  # dropout at 0.2 changed the loss
