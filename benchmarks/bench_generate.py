@@ -5,7 +5,8 @@ process, and what the int8 weights and the ``half`` window cost in quality.
     python benchmarks/bench_generate.py cli [--repeats 5] [--tokens 200] [--checkpoint CKPT] [--out F.json]
     python benchmarks/bench_generate.py speed [--repeats 3] [--lengths 200 500] [--out F.json]
     python benchmarks/bench_generate.py quality [--val_tokens 4000] [--out F.json]
-    python benchmarks/bench_generate.py spin [--rounds 7] [--busy 0 1 2] [--spins 0 10 25 100] [--out F.json]
+    python benchmarks/bench_generate.py spin [--rounds 7] [--tokens 200] [--busy 0 1 2] [--spins 0 10 25 100]
+                                             [--model N_LAYER,N_HEAD,N_EMBD,BLOCK_SIZE] [--out F.json]
 
 Model (``cli``, ``speed``): nanoGPT's Shakespeare-char shape, 10.65M parameters (6 layers, 6 heads, 384
 wide, block 256, vocab 65), random weights (``torch.manual_seed(0)``; the time per token does not depend
@@ -34,6 +35,7 @@ top_k 200 (sample.py's defaults), seed 1337.
   in fp32 and int8 on one thread, and on 2 threads spinning at most ``--spins`` microseconds each
   (``onnxrt.SPIN_US``; 0 is no spinning) and without a bound (onnxruntime's own spin, and ``--threads 2``
   before 1.26), with the memory limit; medians, per-round ratios to one thread, fractions of the limit.
+  ``--model`` another shape (random weights, vocab 65): where ``onnxrt.DECODE_THREADS_FROM`` was placed.
 - ``quality``: nanoGPT's baby model (tests/fixtures/nanogpt_baby, trained, block 64): loss over every
   non-overlapping window of the validation split in PyTorch and through the fp32 and int8 ``full``
   graphs (onnxruntime), and the stream NLL of the first ``--val_tokens`` characters fed token by token
@@ -51,6 +53,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -307,7 +310,16 @@ def _seconds(fn: Callable[[], object]) -> float:
 def bench_spin(work: Path, args: argparse.Namespace) -> dict:
     from lit_nanogpt.export import onnxrt
 
-    model, vocab = load_model(random_checkpoint(work, TINY if args.tiny else SHAKESPEARE_CHAR))
+    if not onnxrt.bounded_spin():
+        import onnxruntime
+
+        raise SystemExit(f"onnxruntime {onnxruntime.__version__} cannot bound the spin (1.26 and later can)")
+    config = SHAKESPEARE_CHAR
+    if args.tiny or args.model:
+        n_layer, n_head, n_embd, block = (int(v) for v in args.model.split(",")) if args.model else (2, 2, 32, 64)
+        config = replace(SHAKESPEARE_CHAR, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block)
+    model, vocab = load_model(random_checkpoint(work, config))
+    print(f"model: {vars(config)}; decode_weights {onnxrt.decode_weights(config):,}", flush=True)
     export_model(model, vocab, work / "export", ExportSettings(int8=True, atc=None))
     ids, weight_bytes = prompt_ids(vocab).tolist(), sum(p.numel() * 4 for p in model.parameters())
     settings: dict[str, tuple[int, int | None]] = {"1 thread": (1, 0)}  # name -> threads, spin bound (None: none)
@@ -318,9 +330,9 @@ def bench_spin(work: Path, args: argparse.Namespace) -> dict:
     for int8 in (False, True):
         for name, (threads, us) in settings.items():
             onnxrt.SPIN_US, onnxrt.bounded_spin = us or 0, (lambda us=us: us is not None)
-            try:  # the sessions are built on first use: now, with this setting
+            try:  # the sessions are built on first use: now, with this setting, every graph the timed runs use
                 arms[f"{'int8' if int8 else 'fp32'}, {name}"] = exported = ExportedGPT(work / "export", int8, threads)
-                generate(exported, ids, 2, Sampler(TEMPERATURE, TOP_K))
+                generate(exported, ids, args.tokens, Sampler(TEMPERATURE, TOP_K))
             finally:
                 onnxrt.SPIN_US, onnxrt.bounded_spin = spin_us, bounded
 
@@ -413,6 +425,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=200, help="new tokens per run")
     p.add_argument("--busy", type=int, nargs="+", default=[0, 1, 2], help="busy processes beside it, per table")
     p.add_argument("--spins", type=int, nargs="+", default=[0, 10, 25, 100], help="spin bounds to try, us")
+    p.add_argument("--model", help="N_LAYER,N_HEAD,N_EMBD,BLOCK_SIZE instead of the 10.65M model, e.g. 6,4,256,256")
     p = modes.add_parser("quality", help="int8 and half-window cost on nanoGPT's baby model")
     p.add_argument("--val_tokens", type=int, default=4000, help="tokens of validation text scored as a stream")
     p.add_argument("--windows", type=int, help="only the first N validation windows (a smoke test)")

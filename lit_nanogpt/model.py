@@ -505,7 +505,7 @@ class GPT(nn.Module):
         x, rope = self.embed(idx, pos[:, None])  # (B, 1, C)
         seen = int(pos.max()) + 1  # the positions any row attends to
         mask = (torch.arange(seen, device=idx.device) <= pos[:, None]).view(-1, 1, 1, seen)  # (B, 1, 1, seen)
-        at = pos[written]  # where the written rows' new keys and values go, the same in every layer
+        at = pos[written]  # (W,): where the written rows' new keys and values go, the same in every layer
         for block, k, v in zip(self.transformer.h, keys, values, strict=True):
             x = block.decode_in_place(x, k, v, written, at, mask, rope)
         return self.lm_head(self.transformer.ln_f(x))  # (B, 1, V)

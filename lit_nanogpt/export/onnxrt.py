@@ -21,9 +21,10 @@ Folders of format version 2 or older (a decode graph that takes no positions) op
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ import torch
 from lit_nanogpt.export.ascend import Runner, ascend_runners
 from lit_nanogpt.export.manifest import STATIC_GRAPHS, Manifest, past_names
 from lit_nanogpt.text import tokenizer_for_model
+
+if TYPE_CHECKING:
+    from lit_nanogpt.model import GPTConfig
 
 BACKENDS = ("auto", "cpu", "cann", "om")
 CACHES = ("auto", "dynamic", "static")
@@ -48,14 +52,32 @@ busy processes, where onnxruntime's own unbounded spin gave 0.60-0.78x (``bench_
 DECODE_THREADS = 2
 """The decode graphs' threads by default, at most the CPUs this process may run on: the most that was measured (on
 2 cores). Placed by the count given, not pinned to cores as onnxruntime's own default places them."""
+DECODE_THREADS_FROM = 10_000_000
+"""Weights a decode step multiplies by (12 n_embd^2 a layer, and the head) from which it runs on ``DECODE_THREADS``,
+below on one. On 2 cores (``bench_generate.py spin --model``): 10.65M weights decoded 1.43x (fp32) and 1.31x
+(int8) as fast on 2 threads; at 7.5M int8 lost (fp32 gained); at 4.7M and fewer both lost or tied: their
+weights stay in the caches, and the threads' hand-offs cost more than they read."""
+
+
+def decode_weights(config: GPTConfig) -> int:
+    """The weights a decode step multiplies one row by: each layer's 12 n_embd^2 and the head."""
+    return config.n_layer * 12 * config.n_embd**2 + config.vocab_size * config.n_embd
 
 
 def bounded_spin() -> bool:
-    """Whether this onnxruntime bounds its threads' spin (``SPIN_US``): 1.26 and later."""
+    """Whether this onnxruntime bounds its threads' spin (``SPIN_US``): 1.26 and later (a version it cannot read:
+    no)."""
     import onnxruntime as ort
 
-    major, minor = (int(part) for part in ort.__version__.split(".")[:2])
-    return (major, minor) >= (1, 26)
+    release = re.match(r"(\d+)\.(\d+)", ort.__version__)
+    return release is not None and (int(release[1]), int(release[2])) >= (1, 26)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one, else all of them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _session(path: Path, threads: int | None, spin: bool = False):
@@ -66,7 +88,7 @@ def _session(path: Path, threads: int | None, spin: bool = False):
     if threads:
         options.intra_op_num_threads = threads
     # Spinning worker threads wait for the next op by burning a core: without a bound (onnxruntime's default,
-    # and all there is before 1.26) that halves the speed on a busy CPU (BENCHMARKS.md).
+    # and all there is before 1.26) decoding beside busy processes ran at 0.60-0.78x one thread's speed.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     if spin and bounded_spin():
         options.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_US))
@@ -94,9 +116,9 @@ class ExportedGPT:
             folder: An export folder (``manifest.json`` and its graphs).
             int8: Use the int8-weight graphs (``*.int8.onnx``).
             threads: onnxruntime intra-op threads for every graph, spin-waiting between ops when more than
-                one. Default: ``DECODE_THREADS`` for decode, spin-waiting, and one per core for the others, not
-                spinning. The spin lasts ``SPIN_US`` at most; before onnxruntime 1.26, which cannot bound it,
-                the default decodes on one thread.
+                one. Default: ``DECODE_THREADS`` for decode (from ``DECODE_THREADS_FROM`` weights; one below),
+                spin-waiting, and one per core for the others, not spinning. The spin lasts ``SPIN_US`` at most;
+                before onnxruntime 1.26, which cannot bound it, the default decodes on one thread.
             manifest: ``Manifest.read(folder)`` when the caller has it already (it hashes every file).
             cache: ``dynamic`` (``prefill``/``decode``, and ``full`` past block_size), ``static``
                 (``prefill_static``/``decode_static``, every shape fixed) or ``none`` (``full`` alone).
@@ -107,6 +129,8 @@ class ExportedGPT:
             raise ValueError(f"cache={cache!r} is not one of {', '.join(_GRAPHS)}")
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} must be at least 1")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads={threads} must be at least 1, or None for the defaults")
         self.folder = Path(folder)
         self.manifest = manifest if manifest is not None else Manifest.read(self.folder)
         self.vocab = tokenizer_for_model(self.folder, self.manifest.vocab, self.manifest.model.vocab_size)
@@ -163,8 +187,9 @@ class ExportedGPT:
         if not graph.startswith("decode"):
             return None, False  # whole windows and prompts: large products, one call each
         # A token's many small ops: a second thread pays a wake-up per op unless it spins, and an unbounded spin
-        # halves the speed on a busy CPU, so without the bound one thread (BENCHMARKS.md).
-        threads = min(DECODE_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+        # loses on a busy CPU, so without the bound one thread (BENCHMARKS.md); so does a small model.
+        large = decode_weights(self.manifest.model) >= DECODE_THREADS_FROM
+        threads = min(DECODE_THREADS, usable_cpus()) if large else 1
         return (threads, True) if threads > 1 and bounded_spin() else (1, False)
 
     # ---- the backend ----

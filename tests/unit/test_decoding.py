@@ -117,7 +117,8 @@ def test_every_backend_gives_pytorchs_greedy_and_seeded_tokens(exported: tuple[G
         two = ExportedGPT(folder, threads=2, max_batch=2)  # every graph on 2 spinning threads (generate --threads 2)
         results["onnx_2_threads"] = generate(two, prompts, 30, sampler())
         assert results["onnx"] == results["torch"] == results["onnx_static"] == results["onnx_2_threads"]
-    assert set(threading_of(two).values()) == {(2, "1", "25")}  # prefill, decode and full alike
+    bound = "25" if onnxrt.bounded_spin() else ""  # onnxruntime 1.26 and later take the bound
+    assert set(threading_of(two).values()) == {(2, "1", bound)}  # prefill, decode and full alike
 
 
 def threading_of(exported: ExportedGPT) -> dict[str, tuple[int, str, str]]:
@@ -138,20 +139,45 @@ def entry(session: ort.InferenceSession, key: str) -> str:
 def test_decode_spins_on_two_threads_by_default_where_the_spin_is_bounded(
     exported: tuple[GPT, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, folder = exported
-    cpus = len(os.sched_getaffinity(0))
-    decode = (2, "1", "25") if cpus >= 2 else (1, "0", "")
-    assert threading_of(ExportedGPT(folder)) == {"prefill": (0, "0", ""), "decode": decode}
-    monkeypatch.setattr(onnxrt.os, "sched_getaffinity", lambda pid: {0})  # one CPU to run on
+    model, folder = exported
+    monkeypatch.setattr(onnxrt, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(onnxrt, "bounded_spin", lambda: True)
+    assert onnxrt.decode_weights(model.config) < onnxrt.DECODE_THREADS_FROM  # a tiny model: one thread
+    assert threading_of(ExportedGPT(folder)) == {"prefill": (0, "0", ""), "decode": (1, "0", "")}
+    monkeypatch.setattr(onnxrt, "DECODE_THREADS_FROM", onnxrt.decode_weights(model.config))  # as large as it takes
+    assert threading_of(ExportedGPT(folder)) == {"prefill": (0, "0", ""), "decode": (2, "1", "25")}
+    assert set(threading_of(ExportedGPT(folder, threads=1)).values()) == {(1, "0", "")}  # --threads 1: no spin
+    assert set(threading_of(ExportedGPT(folder, threads=3)).values()) == {(3, "1", "25")}
+    monkeypatch.setattr(onnxrt, "usable_cpus", lambda: 1)  # one CPU to run on: one thread, nothing to spin for
     assert threading_of(ExportedGPT(folder))["decode"] == (1, "0", "")
-    monkeypatch.undo()
-    monkeypatch.setattr(ort, "__version__", "1.25.1")  # no bound: one thread, as before 1.26
-    assert threading_of(ExportedGPT(folder))["decode"] == (1, "0", "")
-    assert threading_of(ExportedGPT(folder, threads=2))["decode"] == (2, "1", "")  # asked: unbounded, as it was
+    monkeypatch.setattr(onnxrt, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(onnxrt, "bounded_spin", lambda: False)  # before onnxruntime 1.26: no bound to set
+    assert threading_of(ExportedGPT(folder))["decode"] == (1, "0", "")  # so one thread, as before
+    assert set(threading_of(ExportedGPT(folder, threads=2)).values()) == {(2, "1", "")}  # asked: it spins unbounded
+    with pytest.raises(ValueError, match="threads=0 must be at least 1, or None for the defaults"):
+        ExportedGPT(folder, threads=0)
+
+
+def test_decode_weights_count_the_products_of_a_decode_step() -> None:
+    model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.0, bias=False))
+    products = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))  # head tied to wte
+    assert onnxrt.decode_weights(model.config) == products == 6 * 12 * 384**2 + 65 * 384
+    assert onnxrt.decode_weights(model.config) >= onnxrt.DECODE_THREADS_FROM  # nanoGPT's 10.65M model: 2 threads
+
+
+def test_usable_cpus_are_the_affinity_else_the_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert onnxrt.usable_cpus() == 3
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS and Windows have none
+    assert onnxrt.usable_cpus() == 8
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # "undetermined"
+    assert onnxrt.usable_cpus() == 1
 
 
 @pytest.mark.parametrize(("version", "bounded"), [("1.25.1", False), ("1.26.0", True), ("1.32.0", True),
-                                                  ("1.26.0.dev20260501", True), ("2.0.0", True)])  # fmt: skip
+                                                  ("1.26.0.dev20260501", True), ("1.26rc1", True), ("2.0.0", True),
+                                                  ("1", False), ("nightly", False)])  # fmt: skip
 def test_bounded_spin_reads_onnxruntimes_version(version: str, bounded: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ort, "__version__", version)
     assert onnxrt.bounded_spin() is bounded
