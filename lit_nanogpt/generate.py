@@ -71,10 +71,10 @@ def generate(
             or ``auto`` (static on Ascend, dynamic on CPU). Same tokens either way.
         threads: With ``onnx`` on the CPU: onnxruntime's threads for every graph, spin-waiting between ops
             when more than one (at most 25 us each wait, ``lit_nanogpt.export.onnxrt.SPIN_US``). Default: each
-            token on 2 such threads, whole windows on one per core, not spinning. On 2 cores that decoded 1.43x
-            (fp32) and 1.31x (int8) as fast as one thread on an idle CPU and 0.96-0.98x as fast beside busy
-            processes (BENCHMARKS.md). Before onnxruntime 1.26, which cannot bound the spin, the default decodes
-            on one thread and ``--threads N`` spins without a bound.
+            token on 2 such threads (one below 10M weights), whole windows on one per core, not spinning. On 2
+            cores that decoded nanoGPT's 10.65M model 1.43x (fp32) and 1.31x (int8) as fast as one thread on an
+            idle CPU and 0.96-0.98x as fast beside busy processes (BENCHMARKS.md). Before onnxruntime 1.26, which
+            cannot bound the spin, the default decodes on one thread and ``--threads N`` spins without a bound.
         sampling: ``SamplingSettings``' fields, given flat: ``--max_new_tokens``, ``--temperature``,
             ``--top_k``, ``--num_samples``.
     """
