@@ -54,9 +54,9 @@ DECODE_THREADS = 2
 2 cores). Placed by the count given, not pinned to cores as onnxruntime's own default places them."""
 DECODE_THREADS_FROM = 10_000_000
 """Weights a decode step multiplies by (12 n_embd^2 a layer, and the head) from which it runs on ``DECODE_THREADS``,
-below on one. On 2 cores (``bench_generate.py spin --model``): 10.65M weights decoded 1.43x (fp32) and 1.31x
-(int8) as fast on 2 threads; at 7.5M int8 lost (fp32 gained); at 4.7M and fewer both lost or tied: their
-weights stay in the caches, and the threads' hand-offs cost more than they read."""
+below on one. On 2 cores (``bench_generate.py spin --model``): 10.6M weights decoded 1.30-1.43x (fp32) and
+1.24-1.31x (int8) as fast on 2 threads; at 7.4M and 4.7M int8 lost (0.78-0.85x) while fp32 gained 5-9%; at 0.8M
+fp32 lost (0.91-0.93x). Smaller weights stay in the caches, and the threads' hand-offs cost more than they read."""
 
 
 def decode_weights(config: GPTConfig) -> int:
